@@ -1,0 +1,15 @@
+//! Nephilia's node agent.
+//!
+//! The data path, in order:
+//! 1. `probes`: loads the kernel programs of `ebpf/` with offsets from `kernel_offsets`.
+//! 2. `connection_table`: turns their ring-buffer events into `record::ConnectionRecord`s.
+//! 3. `observe`: drives both and hands records to a sink (JSON lines on stdout).
+//! `check` tells whether this node can run any of it.
+
+pub mod check;
+pub mod clock;
+pub mod connection_table;
+pub mod kernel_offsets;
+pub mod observe;
+pub mod probes;
+pub mod record;

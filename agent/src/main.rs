@@ -1,0 +1,154 @@
+//! `nephilia-agent`: see `nephilia_agent` for the data path.
+use std::{io::Write as _, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use nephilia_agent::{
+    check,
+    observe::{self, ObserveOptions},
+    probes::Probes,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "nephilia-agent",
+    version,
+    about = "Nephilia node agent: eBPF observer for ambient-mode meshes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print records of what the kernel sees, one JSON object per line, on stdout.
+    Observe {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+        /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Seconds between interim records of a long-lived connection.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        interim_interval: f64,
+    },
+    /// List the kernel features the agent needs and whether this node has them.
+    Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Json,
+}
+
+fn seconds(value: f64, name: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{name} must be a positive number of seconds, got {value}"))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|format| format == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check => return run_check(),
+        Command::Observe {
+            output: Output::Json,
+            duration,
+            interim_interval,
+        } => run_observe(duration, interim_interval),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("nephilia-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_check() -> ExitCode {
+    let findings = check::run();
+    let mut missing = 0;
+    for finding in &findings {
+        match &finding.problem {
+            None => println!("present  {}", finding.feature),
+            Some(problem) => {
+                missing += 1;
+                println!("MISSING  {}\n         {problem}", finding.feature);
+            }
+        }
+    }
+    if missing == 0 {
+        println!("\nThis node can run the Nephilia agent.");
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "\n{missing} required feature(s) missing: the agent cannot run here until they are provided."
+        );
+        ExitCode::FAILURE
+    }
+}
+
+#[tokio::main]
+async fn run_observe(duration: Option<f64>, interim_interval: f64) -> anyhow::Result<()> {
+    let options = ObserveOptions {
+        duration: duration.map(|d| seconds(d, "duration")).transpose()?,
+        interim_interval: seconds(interim_interval, "interim-interval")?,
+    };
+    let mut probes =
+        Probes::load().context("loading the eBPF programs (try `nephilia-agent check`)")?;
+    tracing::info!(attached = ?probes.attached(), "observing TCP connections");
+    let stdout = std::io::stdout();
+    let mut out = std::io::LineWriter::new(stdout.lock());
+    let mut write_failed = None;
+    let summary = observe::observe(&mut probes, &options, shutdown_signal(), |record| {
+        if write_failed.is_some() {
+            return;
+        }
+        let written = serde_json::to_writer(&mut out, &record)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"));
+        if let Err(error) = written {
+            write_failed = Some(error);
+        }
+    })
+    .await?;
+    for (failure, count) in &summary.probe_failures {
+        let (program, kind) = failure.labels();
+        tracing::info!(program, kind, count, "in-kernel failure counter");
+    }
+    tracing::info!(
+        records = summary.records,
+        undecodable = summary.undecodable_events,
+        "stopped; programs detached"
+    );
+    match write_failed {
+        Some(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Some(error) => Err(error).context("writing records to stdout"),
+        None => Ok(()),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

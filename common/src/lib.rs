@@ -1,0 +1,13 @@
+//! Records that cross the kernel boundary, defined once for both sides.
+//!
+//! Every type here is `#[repr(C)]`, `Copy`, has explicit padding and no `bool`, so the
+//! eBPF programs and the agent agree on its layout byte for byte.
+#![no_std]
+
+pub mod connection;
+pub mod failure;
+pub mod offsets;
+
+pub use connection::{ConnectionEvent, ConnectionEventKind, ConnectionState, Endpoint, Role};
+pub use failure::ProbeFailure;
+pub use offsets::KernelOffsets;
