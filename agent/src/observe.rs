@@ -144,3 +144,80 @@ fn warn_on_new_failures(before: &[(ProbeFailure, u64)], after: &[(ProbeFailure, 
         }
     }
 }
+
+/// `observe` on a thread of its own, collecting records; for tests and benchmarks that
+/// drive traffic from the calling thread.
+pub struct BackgroundObserver {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(Vec<Record>, Summary)>>>,
+}
+
+impl BackgroundObserver {
+    /// Loads and attaches the programs, and returns once they are attached.
+    pub fn start(options: ObserveOptions) -> Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), probes::Error>>();
+        let thread = std::thread::Builder::new()
+            .name("nephilia-observe".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let mut probes = match Probes::load() {
+                        Ok(probes) => {
+                            let _ = ready_tx.send(Ok(()));
+                            probes
+                        }
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(error));
+                            return Ok((Vec::new(), Summary::default()));
+                        }
+                    };
+                    let mut records = Vec::new();
+                    let stop = async {
+                        let _ = stopped.await;
+                    };
+                    let summary =
+                        observe(&mut probes, &options, stop, |record| records.push(record)).await?;
+                    Ok((records, summary))
+                })
+            })?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Self {
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => match thread.join() {
+                Ok(Err(error)) => Err(error),
+                _ => Err(Error::Poll(std::io::Error::other("observer thread died"))),
+            },
+        }
+    }
+
+    /// Stops observing, detaches the programs and returns everything recorded.
+    pub fn stop(mut self) -> Result<(Vec<Record>, Summary)> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(Vec<Record>, Summary)> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Poll(std::io::Error::other(
+                "observer thread panicked",
+            ))),
+            None => Ok((Vec::new(), Summary::default())),
+        }
+    }
+}
+
+impl Drop for BackgroundObserver {
+    /// Detaches the programs even when a test fails before calling `stop`.
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}

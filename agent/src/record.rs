@@ -107,6 +107,8 @@ pub struct ConnectionRecord {
     pub resets_received: u32,
     /// `SO_MARK` of the socket.
     pub mark: u32,
+    /// The last socket error, by errno name (`ECONNREFUSED`, `ETIMEDOUT`, …).
+    pub error: Option<String>,
     /// Socket cookie: identifies the socket across records.
     pub cookie: u64,
 }
@@ -146,6 +148,7 @@ impl ConnectionRecord {
             resets_sent: state.resets_sent,
             resets_received: state.resets_received,
             mark: state.mark,
+            error: errno_name(state.error),
             cookie: state.cookie,
         }
     }
@@ -165,6 +168,20 @@ pub fn endpoint(endpoint: &Endpoint) -> SocketAddr {
         _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     };
     SocketAddr::new(ip, endpoint.port)
+}
+
+fn errno_name(errno: u32) -> Option<String> {
+    let name = match i32::try_from(errno).ok()? {
+        0 => return None,
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EPIPE => "EPIPE",
+        other => return Some(format!("errno {other}")),
+    };
+    Some(name.to_owned())
 }
 
 fn comm(raw: &[u8; 16]) -> String {

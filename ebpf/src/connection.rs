@@ -181,6 +181,9 @@ fn transition(sk: Sock, new_state: i32) -> Result<(), ProbeFailure> {
         state.established_ns = now;
     }
     if new_state == TCP_CLOSE {
+        // `tcp_done_with_error` sets `sk_err` before the move to `TCP_CLOSE`, and the woken
+        // `connect()` may clear it (`sock_error`) before `inet_sk_error_report` fires.
+        record_error(sk, state).map_err(failed)?;
         state.close_ns = now;
         state.srtt_us = sk.srtt_us().map_err(failed)?;
         state.retransmits = sk.total_retrans().map_err(failed)?;
@@ -246,13 +249,22 @@ fn count_bytes(sk: Sock, bytes: u64, direction: Direction) {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn on_inet_sk_error_report(ctx: BtfTracePointContext) -> i32 {
     let sk = Sock(ctx.arg(0));
-    if let Some(state) = tracked(sk) {
-        match sk.error() {
-            Ok(error) => state.error = error as u32,
-            Err(ReadFailed) => count(ProbeFailure::ErrorReportReadFailed),
-        }
+    if let Some(state) = tracked(sk)
+        && record_error(sk, state).is_err()
+    {
+        count(ProbeFailure::ErrorReportReadFailed);
     }
     0
+}
+
+/// Keeps the socket's pending error, if it has one: a zero means the owner already
+/// consumed it, not that there was none.
+fn record_error(sk: Sock, state: &mut ConnectionState) -> Result<(), ReadFailed> {
+    let error = sk.error()?;
+    if error != 0 {
+        state.error = error as u32;
+    }
+    Ok(())
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
