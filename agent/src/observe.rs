@@ -14,6 +14,9 @@ use crate::{
     record::Record,
 };
 
+/// Longest time an event waits in the ring buffer before the agent reads it.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How `observe` runs.
 #[derive(Clone, Debug)]
 pub struct ObserveOptions {
@@ -84,6 +87,11 @@ pub async fn observe(
     // Ticks at a fraction of the interval so a record is never late by more than that.
     let mut ticks = tokio::time::interval(options.interim_interval / 4);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The programs wake the agent only when the ring buffer fills past a threshold
+    // (`WAKEUP_THRESHOLD_BYTES` in ebpf/src/connection.rs); the rest is drained on this
+    // timer, so a record is at most `DRAIN_INTERVAL` late.
+    let mut drains = tokio::time::interval(DRAIN_INTERVAL);
+    drains.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures_seen = probes.failures()?;
 
     loop {
@@ -92,6 +100,9 @@ pub async fn observe(
                 let mut ready = ready?;
                 drain(ready.get_inner_mut(), &mut table, &mut summary, &mut emit);
                 ready.clear_ready();
+            }
+            _ = drains.tick() => {
+                drain(events.get_mut(), &mut table, &mut summary, &mut emit);
             }
             _ = ticks.tick() => {
                 let connections = probes.connections()?;

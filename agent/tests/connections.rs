@@ -312,3 +312,76 @@ fn programs_are_detached_when_observation_stops() {
     }
     assert_eq!(loaded(), Vec::<String>::new());
 }
+
+/// The `observe` command as a user runs it: JSON lines only on stdout, logs on stderr,
+/// stops on SIGINT with the programs detached, stops by itself after `--duration`.
+#[test]
+fn observe_command_prints_json_lines_and_stops_on_sigint() {
+    use std::{
+        io::BufRead as _,
+        process::{Command, Stdio},
+    };
+    if !privileged("observe_command_prints_json_lines_and_stops_on_sigint") {
+        return;
+    }
+    let pair = Pair::create();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_nephilia-agent"))
+        .args(["observe", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(agent.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("observing TCP connections") {
+        line.clear();
+        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "agent exited early");
+    }
+    let server = pair.server.spawn("nph-server", || {
+        let listener = TcpListener::bind(server_addr(7005)).unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(b"hello").unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let client_addr = pair
+        .client
+        .spawn("nph-client", || {
+            let mut stream = TcpStream::connect(server_addr(7005)).unwrap();
+            let mut all = Vec::new();
+            stream.read_to_end(&mut all).unwrap();
+            assert_eq!(all, b"hello");
+            stream.local_addr().unwrap()
+        })
+        .join()
+        .unwrap();
+    server.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let output = agent.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let records: Vec<Record> = stdout
+        .lines()
+        .map(|line| {
+            assert!(line.starts_with(r#"{"kind":"connection""#), "{line}");
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"))
+        })
+        .collect();
+    let c = only_final(connections(&records, pair.client.inode()));
+    assert_eq!(c.local, client_addr.to_string());
+    assert_eq!((c.bytes_sent, c.bytes_received), (0, 5));
+
+    let started = std::time::Instant::now();
+    let status = Command::new(env!("CARGO_BIN_EXE_nephilia-agent"))
+        .args(["observe", "--duration", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -93,7 +93,7 @@ pub struct ConnectionState {
     pub resets_received: u32,
     /// `Role` as its `u8` value.
     pub role: u8,
-    /// Last TCP state seen (`TCP_ESTABLISHED` = 1 … `TCP_CLOSE` = 7).
+    /// Last recorded TCP state: `TCP_SYN_SENT` (2), `TCP_ESTABLISHED` (1) or `TCP_CLOSE` (7).
     pub tcp_state: u8,
     /// Explicit padding.
     pub _pad: [u8; 6],

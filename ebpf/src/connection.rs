@@ -18,7 +18,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_get_socket_cookie,
@@ -50,6 +50,11 @@ static CONNECTIONS: HashMap<u64, ConnectionState> = HashMap::with_max_entries(65
 /// `ConnectionEvent`s for the agent.
 #[map]
 static CONNECTION_EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Unread bytes in `CONNECTION_EVENTS` above which a submit wakes the agent. Below it the
+/// agent drains on its own timer: a wake-up per event costs a context switch per
+/// connection, which is most of the probes' overhead on short connections.
+const WAKEUP_THRESHOLD_BYTES: u64 = 256 << 10;
 
 /// Where `open` builds a new `ConnectionState`: it is too large for the 512-byte BPF stack
 /// next to its copies.
@@ -96,7 +101,12 @@ fn emit(kind: ConnectionEventKind, state: &ConnectionState) -> Result<(), ()> {
         (*event)._pad = 0;
         core::ptr::copy_nonoverlapping(state, &raw mut (*event).state, 1);
     }
-    entry.submit(0);
+    let pending = CONNECTION_EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    entry.submit(if pending >= WAKEUP_THRESHOLD_BYTES {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    });
     Ok(())
 }
 
@@ -168,13 +178,15 @@ fn open(sk: Sock, role: Role, new_state: i32) -> Result<(), ProbeFailure> {
 }
 
 fn transition(sk: Sock, new_state: i32) -> Result<(), ProbeFailure> {
+    // The closing handshake's intermediate states (FIN_WAIT*, CLOSE_WAIT, LAST_ACK…) are
+    // not recorded: skipping them before the map lookup keeps the per-connection cost low.
+    if new_state != TCP_ESTABLISHED && new_state != TCP_CLOSE {
+        return Ok(());
+    }
     let Some(state) = tracked(sk) else {
         return Ok(());
     };
     state.tcp_state = new_state as u8;
-    if new_state != TCP_ESTABLISHED && new_state != TCP_CLOSE {
-        return Ok(());
-    }
     let failed = |_: ReadFailed| ProbeFailure::SetStateReadFailed;
     let now = now();
     if new_state == TCP_ESTABLISHED && state.established_ns == 0 {

@@ -1,1 +1,129 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. `setup` installs what building and testing
+//! need (idempotently); `test`, `demo` and `bench` run it first.
+mod bench;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install Debian packages, the nightly rust-src component and bpf-linker; mount tracefs.
+    Setup,
+    /// Set up, then check formatting, lint (host and eBPF crates) and run every test.
+    Test,
+    /// Set up, build, and watch this machine's TCP connections live.
+    Demo,
+    /// Set up, then run a benchmark.
+    Bench {
+        #[command(subcommand)]
+        bench: bench::Bench,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => setup::run(),
+        Task::Test => {
+            setup::run()?;
+            test()
+        }
+        Task::Demo => {
+            setup::run()?;
+            demo()
+        }
+        Task::Bench { bench } => {
+            setup::run()?;
+            bench::run(bench)
+        }
+    }
+}
+
+/// Prints a step the way every task does.
+pub fn step(message: &str) {
+    eprintln!("\x1b[1m==> {message}\x1b[0m");
+}
+
+/// Runs a command from the workspace root, failing with the command line if it fails.
+pub fn run_command(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test() -> anyhow::Result<()> {
+    step("cargo fmt --check");
+    run_command(cargo().args(["fmt", "--all", "--check"]))?;
+    step("cargo clippy (host crates)");
+    run_command(cargo().args([
+        "clippy",
+        "--release",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("cargo clippy (eBPF crate, bpfel-unknown-none)");
+    run_command(Command::new("rustup").args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "nephilia-ebpf",
+        "--bins",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+        "target/ebpf-clippy",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("cargo test (privileged tests run one at a time: they share the kernel)");
+    if !setup::is_root() {
+        eprintln!("note: not root; privileged tests will skip unless CI is set");
+    }
+    run_command(cargo().args(["test", "--release", "--", "--test-threads=1"]))?;
+    step("all checks and tests passed");
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    step("building nephilia-agent");
+    run_command(cargo().args(["build", "--release", "--package", "nephilia-agent"]))?;
+    let agent = workspace_root().join("target/release/nephilia-agent");
+    step("checking this node");
+    run_command(Command::new(&agent).arg("check"))?;
+    step("observing TCP connections on this machine (Ctrl-C to stop)");
+    run_command(Command::new(&agent).args(["observe", "--output", "json"]))
+}
