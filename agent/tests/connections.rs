@@ -335,7 +335,11 @@ fn observe_command_prints_json_lines_and_stops_on_sigint() {
     let mut line = String::new();
     while !line.contains("observing TCP connections") {
         line.clear();
-        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "agent exited early");
+        assert_ne!(
+            stderr.read_line(&mut line).unwrap(),
+            0,
+            "agent exited early"
+        );
     }
     let server = pair.server.spawn("nph-server", || {
         let listener = TcpListener::bind(server_addr(7005)).unwrap();
