@@ -2,6 +2,7 @@
 //! with the client's address as source.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -34,6 +35,15 @@ pub(crate) async fn serve_hbone(
         let pod = pod.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            // Kill-tunnel fault: the whole HBONE connection is reset (RST on its TCP), so
+            // the caller's proxy sees an error rather than the clean end of stream that a
+            // cancelled HTTP/2 stream looks like, and resets the caller's connection.
+            let mut kill = pod.kill.subscribe();
+            let control = tcp
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(socket2::Socket::from);
             let tls = match acceptor.accept(tcp).await {
                 Ok(tls) => tls,
                 Err(error) => {
@@ -61,13 +71,23 @@ pub(crate) async fn serve_hbone(
                     )
                 }
             });
-            let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION as u32)
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "hbone connection ended");
+                .serve_connection(TokioIo::new(tls), service);
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "hbone connection ended");
+                    }
+                }
+                _ = kill.changed() => {
+                    if let Some(control) = &control {
+                        let _ = control.set_linger(Some(std::time::Duration::ZERO));
+                    }
+                }
             }
+            // The duplicate descriptor is the last one: closing it sends the RST.
+            drop(control);
         });
     }
 }
@@ -152,8 +172,12 @@ async fn connect(
                 }
             }
             _ = kill.changed() => {
-                // Kill-tunnel fault: RST to the app; dropping the stream resets it too.
+                // Kill-tunnel fault: RST to the app. The stream is left to die with its
+                // connection (reset by `serve_hbone`): dropping it first would send a
+                // CANCEL, which the caller's side reads as a clean end of stream.
                 socket::reset_on_close(&upstream);
+                drop(upstream);
+                let _ = tokio::io::copy(&mut tunnel, &mut tokio::io::sink()).await;
             }
         }
     });
