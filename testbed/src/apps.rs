@@ -315,3 +315,21 @@ pub fn child_traceparent(incoming: Option<&str>) -> String {
         .unwrap_or_else(|| format!("{:032x}", rng.random::<u128>().max(1)));
     format!("00-{trace}-{span:016x}-01")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::child_traceparent;
+
+    #[test]
+    fn child_traceparent_keeps_the_trace_and_changes_the_span() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = child_traceparent(Some(parent));
+        let parts: Vec<&str> = child.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(parts[2], "00f067aa0ba902b7");
+        assert_eq!(parts[2].len(), 16);
+        let fresh = child_traceparent(Some("garbage"));
+        assert_eq!(fresh.split('-').nth(1).map(str::len), Some(32));
+    }
+}

@@ -71,7 +71,7 @@ pub enum Direction {
 /// How a flow was carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Path {
+pub enum FlowPath {
     /// HTTP/2 CONNECT over mTLS to the peer's 15008.
     Hbone,
     /// Plain TCP to a workload that is not enrolled, or inbound plaintext on 15006.
@@ -87,7 +87,7 @@ pub struct TunnelEvent {
     /// The enrolled pod whose listener took the flow.
     pub pod: String,
     pub direction: Direction,
-    pub path: Path,
+    pub path: FlowPath,
     /// The client's address as the proxy knows it (outbound: the app's socket;
     /// inbound: the address the app will see).
     pub client: SocketAddr,
@@ -95,7 +95,9 @@ pub struct TunnelEvent {
     pub target: SocketAddr,
     pub source_identity: Option<String>,
     pub destination_identity: Option<String>,
-    /// CONNECT response status (HBONE), or 200/503 for a plain upstream connect.
+    /// CONNECT response status (HBONE; 503 also when no HBONE connection could be
+    /// opened), or 200/503 for a plain upstream connect. Inbound events know only the
+    /// client's IP (port 0).
     pub status: u16,
     /// Outbound HBONE: whether the HTTP/2 connection came from the pool.
     pub reused: bool,

@@ -11,12 +11,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nephilia_testbed::metadata::LocalConfig;
-use nephilia_testbed::proxy::{Direction, Path};
+use nephilia_testbed::netns::Netns;
+use nephilia_testbed::proxy::{Direction, FlowPath};
 use nephilia_testbed::scenario::Principal;
 use nephilia_testbed::{CallOutcome, Fault, Mesh, Protocol, Scenario, TunnelEvent, UpOptions};
 
-/// Two nodes; on node-a an enrolled client and a client that is not enrolled; on node-b
-/// an enrolled HTTP server, a slow one, a gRPC server and an HTTP server not enrolled.
+/// Two nodes; on node-a an enrolled client, a client that is not enrolled and a front
+/// service that fans out; on node-b an enrolled HTTP server, a slow one, a gRPC server
+/// and an HTTP server that is not enrolled.
 const SCENARIO: &str = r#"
 name: test
 nodes:
@@ -31,6 +33,18 @@ pods:
     ip: 10.244.2.20
     node: node-b
     app: { protocol: http, port: 8080 }
+  - name: front
+    namespace: shop
+    serviceAccount: front
+    ip: 10.244.1.12
+    node: node-a
+    app:
+      protocol: http
+      port: 8080
+      propagateTrace: true
+      calls:
+        - { to: "server.shop.svc.cluster.local:80", protocol: http }
+        - { to: "grpc.bank.svc.cluster.local:9090", protocol: grpc }
   - name: slow
     namespace: shop
     serviceAccount: slow
@@ -51,6 +65,7 @@ pods:
     enrolled: false
     app: { protocol: http, port: 8080 }
 services:
+  - { name: front, namespace: shop, vip: 10.96.0.12, selector: front, ports: [{ port: 80, targetPort: 8080 }] }
   - { name: server, namespace: shop, vip: 10.96.0.20, selector: server, ports: [{ port: 80, targetPort: 8080 }] }
   - { name: slow, namespace: shop, vip: 10.96.0.21, selector: slow, ports: [{ port: 80, targetPort: 8080 }] }
   - { name: grpc, namespace: bank, vip: 10.96.0.22, selector: grpc, ports: [{ port: 9090, targetPort: 9090 }] }
@@ -199,7 +214,7 @@ fn hbone_request_crosses_two_proxies_and_app_sees_client_address() {
 
     let outbound = events(&mesh, "client", Direction::Outbound);
     assert_eq!(outbound.len(), 1, "{outbound:?}");
-    assert_eq!(outbound[0].path, Path::Hbone);
+    assert_eq!(outbound[0].path, FlowPath::Hbone);
     assert_eq!(outbound[0].status, 200);
     assert_eq!(outbound[0].target, addr("10.244.2.20:8080"));
     assert_eq!(outbound[0].source_identity.as_deref(), Some(CLIENT_ID));
@@ -228,8 +243,8 @@ fn hbone_request_crosses_two_proxies_and_app_sees_client_address() {
     // The metadata file describes the mesh in ztunnel's shape.
     let text = std::fs::read_to_string(mesh.metadata_path()).expect("metadata written");
     let metadata: LocalConfig = serde_yaml_ng::from_str(&text).expect("metadata parses");
-    assert_eq!(metadata.workloads.len(), 6);
-    assert_eq!(metadata.services.len(), 4);
+    assert_eq!(metadata.workloads.len(), 7);
+    assert_eq!(metadata.services.len(), 5);
     let legacy = metadata
         .workloads
         .iter()
@@ -362,7 +377,7 @@ fn pods_not_enrolled_talk_plain_tcp() {
     assert_eq!(peer_ip(&exchange), CLIENT_IP.parse::<IpAddr>().unwrap());
     let outbound = events(&mesh, "client", Direction::Outbound);
     assert_eq!(outbound.len(), 1);
-    assert_eq!((outbound[0].path, outbound[0].status), (Path::Tcp, 200));
+    assert_eq!((outbound[0].path, outbound[0].status), (FlowPath::Tcp, 200));
     assert_eq!(outbound[0].target, addr("10.244.2.30:8080"));
 
     // Not enrolled → enrolled: plaintext arrives on the server's 15006 and the app still
@@ -372,7 +387,7 @@ fn pods_not_enrolled_talk_plain_tcp() {
     assert_eq!(peer_ip(&exchange), PLAIN_IP.parse::<IpAddr>().unwrap());
     let inbound = events(&mesh, "server", Direction::Inbound);
     assert_eq!(inbound.len(), 1);
-    assert_eq!((inbound[0].path, inbound[0].status), (Path::Tcp, 200));
+    assert_eq!((inbound[0].path, inbound[0].status), (FlowPath::Tcp, 200));
     assert_eq!(inbound[0].source_identity, None);
     assert_eq!(
         mesh.proxy_stats("node-b")
@@ -447,11 +462,11 @@ fn down_leaves_no_namespace_link_or_rule() {
     let mesh = up();
     let prefix = format!("{}-", mesh.prefix());
     let made = namespaces_with(&prefix);
-    assert_eq!(made.len(), 1 + 2 + 6, "fabric, 2 nodes, 6 pods: {made:?}");
+    assert_eq!(made.len(), 1 + 2 + 7, "fabric, 2 nodes, 7 pods: {made:?}");
     let metadata = mesh.metadata_path().to_owned();
     let removed = mesh.down();
     assert!(removed.failures.is_empty(), "{:?}", removed.failures);
-    assert_eq!(removed.namespaces.len(), 9);
+    assert_eq!(removed.namespaces.len(), 10);
     assert_eq!(namespaces_with(&prefix), Vec::<String>::new());
     assert!(!metadata.exists());
     assert_eq!(
@@ -486,11 +501,11 @@ fn down_cleans_up_after_a_killed_up() {
     eventually_for("up writes its metadata", Duration::from_secs(30), || {
         metadata.exists()
     });
-    assert_eq!(namespaces_with(&format!("{prefix}-")).len(), 9);
+    assert_eq!(namespaces_with(&format!("{prefix}-")).len(), 10);
     // A crash: no chance to clean up.
     up.0.kill().expect("kill up");
     up.0.wait().expect("reap up");
-    assert_eq!(namespaces_with(&format!("{prefix}-")).len(), 9);
+    assert_eq!(namespaces_with(&format!("{prefix}-")).len(), 10);
     let down = Command::new(binary)
         .arg("--state-dir")
         .arg(&state_dir)
@@ -501,6 +516,107 @@ fn down_cleans_up_after_a_killed_up() {
     assert_eq!(namespaces_with(&format!("{prefix}-")), Vec::<String>::new());
     assert!(!metadata.exists());
     let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[test]
+fn destination_outside_the_mesh_is_passthrough() {
+    if !privileged("destination_outside_the_mesh_is_passthrough") {
+        return;
+    }
+    let mesh = up();
+    // A listener on node-b's own address: inside the test's namespaces, outside the mesh.
+    let node = Netns::open(&mesh.node_namespace("node-b")).expect("node netns");
+    let listener = node
+        .run(|| std::net::TcpListener::bind("10.200.0.2:7000"))
+        .expect("enter node")
+        .expect("bind");
+    let mut stream = mesh
+        .connect("client", addr("10.200.0.2:7000"), Duration::from_secs(5))
+        .expect("connect");
+    stream.write_all(b"ping").expect("write");
+    listener.set_nonblocking(false).expect("blocking listener");
+    let (mut accepted, peer) = listener.accept().expect("accept");
+    let mut received = [0u8; 4];
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    accepted.read_exact(&mut received).expect("read");
+    assert_eq!(&received, b"ping");
+    // Dialled from the client pod itself, not from a proxy address.
+    assert_eq!(peer.ip(), CLIENT_IP.parse::<IpAddr>().unwrap());
+    eventually("passthrough event", || {
+        events(&mesh, "client", Direction::Outbound).len() == 1
+    });
+    let outbound = events(&mesh, "client", Direction::Outbound);
+    assert_eq!(outbound[0].path, FlowPath::Passthrough);
+    assert_eq!(outbound[0].target, addr("10.200.0.2:7000"));
+    assert_eq!(outbound[0].destination_identity, None);
+}
+
+#[test]
+fn fan_out_and_bounded_load() {
+    if !privileged("fan_out_and_bounded_load") {
+        return;
+    }
+    let mesh = up();
+    let exchange = get(&mesh, "client", "10.96.0.12:80");
+    assert_eq!(exchange.status, Some(200), "{exchange:?}");
+    let answer: serde_json::Value = serde_json::from_str(&exchange.body).expect("JSON");
+    assert_eq!(
+        answer["downstream"],
+        serde_json::json!([
+            "server.shop.svc.cluster.local:80: http 200",
+            "grpc.bank.svc.cluster.local:9090: grpc 0"
+        ])
+    );
+    // front → server and front → grpc each crossed HBONE with front's identity.
+    let front_id = "spiffe://cluster.local/ns/shop/sa/front";
+    for pod in ["server", "grpc"] {
+        let inbound = events(&mesh, pod, Direction::Inbound);
+        assert_eq!(inbound.len(), 1, "{pod}: {inbound:?}");
+        assert_eq!(inbound[0].source_identity.as_deref(), Some(front_id));
+    }
+
+    // 20 requests per second for one second: exactly 20, all answered.
+    let traffic: nephilia_testbed::scenario::TrafficSpec = serde_yaml_ng::from_str(
+        "{ from: client, to: 'server.shop.svc.cluster.local:80', rate: 20, duration: 1s }",
+    )
+    .expect("traffic spec");
+    let report = mesh.start_traffic(traffic).expect("start traffic");
+    eventually_for("load to finish", Duration::from_secs(10), || {
+        report.counts().finished
+    });
+    let counts = report.counts();
+    assert_eq!(
+        (counts.sent, counts.succeeded, counts.failed),
+        (20, 20, 0),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn blackholed_pod_times_out_and_recovers() {
+    if !privileged("blackholed_pod_times_out_and_recovers") {
+        return;
+    }
+    let mesh = up();
+    let blackhole = Fault::Blackhole {
+        pod: "legacy".into(),
+    };
+    mesh.inject(blackhole.clone()).expect("blackhole");
+    // Plain TCP straight to the pod: the SYN is dropped, so the connect times out.
+    let started = Instant::now();
+    let error = mesh
+        .connect(
+            "plain",
+            addr("10.244.2.30:8080"),
+            Duration::from_millis(1500),
+        )
+        .expect_err("a blackholed pod does not answer");
+    assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    mesh.revert(&blackhole).expect("revert");
+    assert_eq!(get(&mesh, "plain", "10.244.2.30:8080").status, Some(200));
 }
 
 /// Kills and reaps a child process if the test fails before it does.

@@ -15,8 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    CONNECT_TIMEOUT, Direction, EnrolledPod, MAX_STREAMS_PER_CONNECTION, Path, Shared, TunnelEvent,
-    socket,
+    CONNECT_TIMEOUT, Direction, EnrolledPod, FlowPath, MAX_STREAMS_PER_CONNECTION, Shared,
+    TunnelEvent, socket,
 };
 use crate::identity::spiffe_identity;
 
@@ -122,7 +122,7 @@ async fn connect(
         node: shared.node.clone(),
         pod: pod.spec.name.clone(),
         direction: Direction::Inbound,
-        path: Path::Hbone,
+        path: FlowPath::Hbone,
         client,
         target,
         source_identity: source_identity.clone(),
@@ -219,7 +219,7 @@ async fn plaintext(shared: &Shared, pod: &EnrolledPod, mut client: TcpStream, pe
         node: shared.node.clone(),
         pod: pod.spec.name.clone(),
         direction: Direction::Inbound,
-        path: Path::Tcp,
+        path: FlowPath::Tcp,
         client: peer,
         target,
         source_identity: None,

@@ -14,8 +14,8 @@ use tokio_rustls::TlsConnector;
 
 use super::pool::{PoolKey, Sender};
 use super::{
-    CONNECT_TIMEOUT, Destination, Direction, EnrolledPod, HBONE_PORT, Path, Shared, TunnelEvent,
-    socket,
+    CONNECT_TIMEOUT, Destination, Direction, EnrolledPod, FlowPath, HBONE_PORT, Shared,
+    TunnelEvent, socket,
 };
 
 /// Why an outbound tunnel could not be opened.
@@ -63,9 +63,9 @@ async fn handle(
         Destination::Hbone { identity, target } => {
             hbone(shared, pod, app, peer, identity, target).await
         }
-        Destination::Tcp { target } => plain(shared, pod, app, peer, target, Path::Tcp).await,
+        Destination::Tcp { target } => plain(shared, pod, app, peer, target, FlowPath::Tcp).await,
         Destination::Passthrough { target } => {
-            plain(shared, pod, app, peer, target, Path::Passthrough).await
+            plain(shared, pod, app, peer, target, FlowPath::Passthrough).await
         }
     }
 }
@@ -78,7 +78,7 @@ async fn plain(
     mut app: TcpStream,
     peer: SocketAddr,
     target: SocketAddr,
-    path: Path,
+    path: FlowPath,
 ) -> Result<(), Error> {
     let event = |status| TunnelEvent {
         node: shared.node.clone(),
@@ -124,12 +124,33 @@ async fn hbone(
         destination: SocketAddr::new(target.ip(), HBONE_PORT),
     };
     let destination = key.destination;
+    let event = |status: StatusCode, reused: bool| TunnelEvent {
+        node: shared.node.clone(),
+        pod: pod.spec.name.clone(),
+        direction: Direction::Outbound,
+        path: FlowPath::Hbone,
+        client: peer,
+        target,
+        source_identity: Some(pod.identity.clone()),
+        destination_identity: Some(destination_identity.clone()),
+        status: status.as_u16(),
+        reused,
+    };
     let checkout = shared
         .pool
         .checkout(key, || {
             dial(shared, pod, destination, &destination_identity)
         })
-        .await?;
+        .await;
+    let checkout = match checkout {
+        Ok(checkout) => checkout,
+        Err(error) => {
+            // No HBONE connection (peer blackholed, TLS refused…): the flow fails as
+            // an upstream connect failure would.
+            shared.record(event(StatusCode::SERVICE_UNAVAILABLE, false));
+            return Err(error);
+        }
+    };
     let mut sender = checkout.sender;
     let request = Request::builder()
         .method(Method::CONNECT)
@@ -145,18 +166,7 @@ async fn hbone(
         Ok(response) => response.status(),
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    shared.record(TunnelEvent {
-        node: shared.node.clone(),
-        pod: pod.spec.name.clone(),
-        direction: Direction::Outbound,
-        path: Path::Hbone,
-        client: peer,
-        target,
-        source_identity: Some(pod.identity.clone()),
-        destination_identity: Some(destination_identity),
-        status: status.as_u16(),
-        reused: checkout.reused,
-    });
+    shared.record(event(status, checkout.reused));
     let response = response?;
     if status != StatusCode::OK {
         // ztunnel closes the app's connection on a non-200; the app never got a byte.
