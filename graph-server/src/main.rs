@@ -1,14 +1,35 @@
-//! `nephilia-server`. The graph server (gRPC ingest, topology, HTTP API) is issue [5/6];
-//! until it lands the binary says so instead of pretending to serve.
-use std::process::ExitCode;
+//! `nephilia-server`: the graph server. Flags are documented in graph-server/README.md.
+use clap::Parser;
+use nephilia_graph_server::config::ServerArgs;
+use tracing_subscriber::EnvFilter;
 
-fn main() -> ExitCode {
-    let version = env!("CARGO_PKG_VERSION");
-    eprintln!(
-        "nephilia-server {version}: the graph server is not part of this build yet; \
-         use `nephilia-agent observe` to see connection records"
-    );
-    // The protocol crate is linked so the workspace keeps it building.
-    let _ = nephilia_proto::v1::Outcome::Closed;
-    ExitCode::FAILURE
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    let args = ServerArgs::parse();
+    args.validate()?;
+    nephilia_graph_server::server::run(args, shutdown_signal()).await?;
+    Ok(())
 }

@@ -1,0 +1,588 @@
+//! The records agents report, as the server keeps them: validated copies of the protobuf
+//! messages with the field names of the agent's JSON (README.md, "Records"), serialised as
+//! the API returns them.
+use nephilia_proto::v1;
+use serde::Serialize;
+
+/// Why a record in a batch was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    /// The `Record` message had no `kind` set.
+    #[error("record has no kind (connection, mesh_flow or request)")]
+    MissingKind,
+    /// A required field was zero or empty.
+    #[error("{record}.{field} is missing")]
+    Missing {
+        record: &'static str,
+        field: &'static str,
+    },
+    /// An address field was not "ip:port".
+    #[error("{record}.{field} is not \"ip:port\": {value:?}")]
+    BadAddress {
+        record: &'static str,
+        field: &'static str,
+        value: String,
+    },
+    /// `end_ns` lies before `start_ns`.
+    #[error("{record}.end_ns ({end_ns}) is before start_ns ({start_ns})")]
+    EndBeforeStart {
+        record: &'static str,
+        start_ns: u64,
+        end_ns: u64,
+    },
+    /// An enum field held a value this version does not know, or UNSPECIFIED.
+    #[error("{record}.{field} has no valid value ({value})")]
+    BadEnum {
+        record: &'static str,
+        field: &'static str,
+        value: i32,
+    },
+}
+
+type Result<T, E = RecordError> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Server,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Closed,
+    Reset,
+    Refused,
+    Timeout,
+    Unreachable,
+    Open,
+    TunnelFailed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Reset => "reset",
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::Open => "open",
+            Self::TunnelFailed => "tunnel_failed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeshPath {
+    Hbone,
+    Passthrough,
+    Direct,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::Http2 => "http2",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// One side of a mesh flow or request. Empty `workload` means the agent could not
+/// identify it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Peer {
+    pub workload: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub identity: String,
+    pub pod: String,
+    pub ip: String,
+    pub service: String,
+    pub port: u32,
+}
+
+/// See README.md, "The connection record".
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Connection {
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    pub netns: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub role: Role,
+    pub local: String,
+    pub remote: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent_delta: u64,
+    pub bytes_received_delta: u64,
+    pub outcome: Outcome,
+    pub connect_latency_us: Option<u64>,
+    pub rtt_us: u32,
+    pub retransmits: u32,
+    pub resets_sent: u32,
+    pub resets_received: u32,
+    pub mark: u32,
+    pub error: Option<String>,
+    pub cookie: u64,
+}
+
+/// One application connection as the mesh carried it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MeshFlow {
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    pub side: Role,
+    pub source: Peer,
+    pub original_destination: String,
+    pub destination: Peer,
+    pub path: MeshPath,
+    pub mtls: bool,
+    pub tunnel_setup_us: Option<u64>,
+    pub tunnel_reused: Option<bool>,
+    pub tunnel_connect_us: Option<u64>,
+    pub upstream_connect_us: Option<u64>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent_delta: u64,
+    pub bytes_received_delta: u64,
+    pub outcome: Outcome,
+    pub node: String,
+}
+
+/// One L7 exchange.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Request {
+    pub side: Role,
+    pub protocol: Protocol,
+    pub method: String,
+    pub path: String,
+    pub authority: String,
+    pub status: Option<u32>,
+    pub grpc_status: Option<i32>,
+    pub grpc_message: Option<String>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub latency_us: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub trace_id: Option<String>,
+    pub span_id: Option<String>,
+    pub parent_span_id: Option<String>,
+    pub source: Peer,
+    pub destination: Peer,
+    pub local: String,
+    pub remote: String,
+    pub pid: u32,
+    pub node: String,
+}
+
+impl Request {
+    /// A request failed if the server answered 5xx or a non-OK gRPC status.
+    pub fn is_error(&self) -> bool {
+        self.status.is_some_and(|s| s >= 500) || self.grpc_status.is_some_and(|s| s != 0)
+    }
+
+    /// "GET /users/{id}" — the span and search operation name.
+    pub fn operation(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// Any record, tagged with `kind` in JSON as in `nephilia-agent observe`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Connection(Connection),
+    MeshFlow(MeshFlow),
+    Request(Request),
+}
+
+impl Record {
+    /// The time the record describes: its end, or its start while still open.
+    pub fn time_ns(&self) -> u64 {
+        match self {
+            Self::Connection(c) => c.end_ns.unwrap_or(c.start_ns),
+            Self::MeshFlow(f) => f.end_ns.unwrap_or(f.start_ns),
+            Self::Request(r) => r.end_ns,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connection(_) => "connection",
+            Self::MeshFlow(_) => "mesh_flow",
+            Self::Request(_) => "request",
+        }
+    }
+
+    /// Rough heap + inline size, for memory accounting.
+    pub fn estimated_bytes(&self) -> usize {
+        let strings = match self {
+            Self::Connection(c) => {
+                c.comm.len()
+                    + c.local.len()
+                    + c.remote.len()
+                    + c.error.as_ref().map_or(0, String::len)
+            }
+            Self::MeshFlow(f) => {
+                f.source.heap_bytes()
+                    + f.destination.heap_bytes()
+                    + f.original_destination.len()
+                    + f.node.len()
+            }
+            Self::Request(r) => {
+                r.method.len()
+                    + r.path.len()
+                    + r.authority.len()
+                    + r.grpc_message.as_ref().map_or(0, String::len)
+                    + r.trace_id.as_ref().map_or(0, String::len)
+                    + r.span_id.as_ref().map_or(0, String::len)
+                    + r.parent_span_id.as_ref().map_or(0, String::len)
+                    + r.source.heap_bytes()
+                    + r.destination.heap_bytes()
+                    + r.local.len()
+                    + r.remote.len()
+                    + r.node.len()
+            }
+        };
+        size_of::<Self>() + strings
+    }
+}
+
+impl Peer {
+    pub fn heap_bytes(&self) -> usize {
+        self.workload.len()
+            + self.namespace.len()
+            + self.service_account.len()
+            + self.identity.len()
+            + self.pod.len()
+            + self.ip.len()
+            + self.service.len()
+    }
+}
+
+impl TryFrom<v1::Record> for Record {
+    type Error = RecordError;
+
+    fn try_from(record: v1::Record) -> Result<Self> {
+        match record.kind.ok_or(RecordError::MissingKind)? {
+            v1::record::Kind::Connection(c) => Connection::try_from(c).map(Self::Connection),
+            v1::record::Kind::MeshFlow(f) => MeshFlow::try_from(f).map(Self::MeshFlow),
+            v1::record::Kind::Request(r) => Request::try_from(r).map(Self::Request),
+        }
+    }
+}
+
+fn role(record: &'static str, field: &'static str, value: i32) -> Result<Role> {
+    match v1::Role::try_from(value) {
+        Ok(v1::Role::Client) => Ok(Role::Client),
+        Ok(v1::Role::Server) => Ok(Role::Server),
+        _ => Err(RecordError::BadEnum {
+            record,
+            field,
+            value,
+        }),
+    }
+}
+
+fn outcome(record: &'static str, value: i32) -> Result<Outcome> {
+    let outcome = match v1::Outcome::try_from(value) {
+        Ok(v1::Outcome::Closed) => Outcome::Closed,
+        Ok(v1::Outcome::Reset) => Outcome::Reset,
+        Ok(v1::Outcome::Refused) => Outcome::Refused,
+        Ok(v1::Outcome::Timeout) => Outcome::Timeout,
+        Ok(v1::Outcome::Unreachable) => Outcome::Unreachable,
+        Ok(v1::Outcome::Open) => Outcome::Open,
+        Ok(v1::Outcome::TunnelFailed) => Outcome::TunnelFailed,
+        Ok(v1::Outcome::Unspecified) | Err(_) => {
+            return Err(RecordError::BadEnum {
+                record,
+                field: "outcome",
+                value,
+            });
+        }
+    };
+    Ok(outcome)
+}
+
+/// Checks "ip:port" (IPv6 as "[::1]:80").
+fn address(record: &'static str, field: &'static str, value: String) -> Result<String> {
+    if value.parse::<std::net::SocketAddr>().is_ok() {
+        Ok(value)
+    } else {
+        Err(RecordError::BadAddress {
+            record,
+            field,
+            value,
+        })
+    }
+}
+
+fn times(record: &'static str, start_ns: u64, end_ns: Option<u64>) -> Result<()> {
+    if start_ns == 0 {
+        return Err(RecordError::Missing {
+            record,
+            field: "start_ns",
+        });
+    }
+    match end_ns {
+        Some(end_ns) if end_ns < start_ns => Err(RecordError::EndBeforeStart {
+            record,
+            start_ns,
+            end_ns,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn peer(peer: Option<v1::Peer>) -> Peer {
+    let p = peer.unwrap_or_default();
+    Peer {
+        workload: p.workload,
+        namespace: p.namespace,
+        service_account: p.service_account,
+        identity: p.identity,
+        pod: p.pod,
+        ip: p.ip,
+        service: p.service,
+        port: p.port,
+    }
+}
+
+/// A flow or request must say where it came from and went to, at least by ip.
+fn required_peer(
+    record: &'static str,
+    field: &'static str,
+    value: Option<v1::Peer>,
+) -> Result<Peer> {
+    let value = peer(value);
+    if value.ip.is_empty() && value.workload.is_empty() {
+        return Err(RecordError::Missing { record, field });
+    }
+    Ok(value)
+}
+
+impl TryFrom<v1::Connection> for Connection {
+    type Error = RecordError;
+
+    fn try_from(c: v1::Connection) -> Result<Self> {
+        const R: &str = "connection";
+        times(R, c.start_ns, c.end_ns)?;
+        let outcome = outcome(R, c.outcome)?;
+        if outcome == Outcome::TunnelFailed {
+            return Err(RecordError::BadEnum {
+                record: R,
+                field: "outcome",
+                value: c.outcome,
+            });
+        }
+        Ok(Self {
+            start_ns: c.start_ns,
+            end_ns: c.end_ns,
+            netns: c.netns,
+            pid: c.pid,
+            comm: c.comm,
+            role: role(R, "role", c.role)?,
+            local: address(R, "local", c.local)?,
+            remote: address(R, "remote", c.remote)?,
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            bytes_sent_delta: c.bytes_sent_delta,
+            bytes_received_delta: c.bytes_received_delta,
+            outcome,
+            connect_latency_us: c.connect_latency_us,
+            rtt_us: c.rtt_us,
+            retransmits: c.retransmits,
+            resets_sent: c.resets_sent,
+            resets_received: c.resets_received,
+            mark: c.mark,
+            error: c.error,
+            cookie: c.cookie,
+        })
+    }
+}
+
+impl TryFrom<v1::MeshFlow> for MeshFlow {
+    type Error = RecordError;
+
+    fn try_from(f: v1::MeshFlow) -> Result<Self> {
+        const R: &str = "mesh_flow";
+        times(R, f.start_ns, f.end_ns)?;
+        let path = match v1::MeshPath::try_from(f.path) {
+            Ok(v1::MeshPath::Hbone) => MeshPath::Hbone,
+            Ok(v1::MeshPath::Passthrough) => MeshPath::Passthrough,
+            Ok(v1::MeshPath::Direct) => MeshPath::Direct,
+            _ => {
+                return Err(RecordError::BadEnum {
+                    record: R,
+                    field: "path",
+                    value: f.path,
+                });
+            }
+        };
+        let outcome = outcome(R, f.outcome)?;
+        if (outcome == Outcome::Open) != f.end_ns.is_none() {
+            return Err(RecordError::Missing {
+                record: R,
+                field: if f.end_ns.is_none() {
+                    "end_ns"
+                } else {
+                    "outcome (open flows have no end_ns)"
+                },
+            });
+        }
+        if f.node.is_empty() {
+            return Err(RecordError::Missing {
+                record: R,
+                field: "node",
+            });
+        }
+        Ok(Self {
+            start_ns: f.start_ns,
+            end_ns: f.end_ns,
+            side: role(R, "side", f.side)?,
+            source: required_peer(R, "source", f.source)?,
+            original_destination: address(R, "original_destination", f.original_destination)?,
+            destination: required_peer(R, "destination", f.destination)?,
+            path,
+            mtls: f.mtls,
+            tunnel_setup_us: f.tunnel_setup_us,
+            tunnel_reused: f.tunnel_reused,
+            tunnel_connect_us: f.tunnel_connect_us,
+            upstream_connect_us: f.upstream_connect_us,
+            bytes_sent: f.bytes_sent,
+            bytes_received: f.bytes_received,
+            bytes_sent_delta: f.bytes_sent_delta,
+            bytes_received_delta: f.bytes_received_delta,
+            outcome,
+            node: f.node,
+        })
+    }
+}
+
+impl TryFrom<v1::Request> for Request {
+    type Error = RecordError;
+
+    fn try_from(r: v1::Request) -> Result<Self> {
+        const R: &str = "request";
+        times(R, r.start_ns, Some(r.end_ns))?;
+        if r.end_ns == 0 {
+            return Err(RecordError::Missing {
+                record: R,
+                field: "end_ns",
+            });
+        }
+        let protocol = match v1::Protocol::try_from(r.protocol) {
+            Ok(v1::Protocol::Http1) => Protocol::Http1,
+            Ok(v1::Protocol::Http2) => Protocol::Http2,
+            Ok(v1::Protocol::Grpc) => Protocol::Grpc,
+            _ => {
+                return Err(RecordError::BadEnum {
+                    record: R,
+                    field: "protocol",
+                    value: r.protocol,
+                });
+            }
+        };
+        if r.method.is_empty() {
+            return Err(RecordError::Missing {
+                record: R,
+                field: "method",
+            });
+        }
+        if r.node.is_empty() {
+            return Err(RecordError::Missing {
+                record: R,
+                field: "node",
+            });
+        }
+        Ok(Self {
+            side: role(R, "side", r.side)?,
+            protocol,
+            method: r.method,
+            path: r.path,
+            authority: r.authority,
+            status: r.status,
+            grpc_status: r.grpc_status,
+            grpc_message: r.grpc_message,
+            start_ns: r.start_ns,
+            end_ns: r.end_ns,
+            latency_us: r.latency_us,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            trace_id: r.trace_id.filter(|id| !id.is_empty()),
+            span_id: r.span_id.filter(|id| !id.is_empty()),
+            parent_span_id: r.parent_span_id.filter(|id| !id.is_empty()),
+            source: required_peer(R, "source", r.source)?,
+            destination: required_peer(R, "destination", r.destination)?,
+            local: address(R, "local", r.local)?,
+            remote: address(R, "remote", r.remote)?,
+            pid: r.pid,
+            node: r.node,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_without_method_names_the_field() {
+        let err = Request::try_from(v1::Request {
+            side: v1::Role::Client as i32,
+            protocol: v1::Protocol::Http1 as i32,
+            start_ns: 10,
+            end_ns: 20,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "request.method is missing");
+    }
+
+    #[test]
+    fn mesh_flow_ending_before_it_starts_is_rejected() {
+        let err = MeshFlow::try_from(v1::MeshFlow {
+            start_ns: 20,
+            end_ns: Some(10),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mesh_flow.end_ns (10) is before start_ns (20)"
+        );
+    }
+
+    #[test]
+    fn connection_with_bad_address_is_rejected() {
+        let err = Connection::try_from(v1::Connection {
+            start_ns: 1,
+            end_ns: Some(2),
+            role: v1::Role::Client as i32,
+            outcome: v1::Outcome::Closed as i32,
+            local: "10.0.0.1".into(),
+            remote: "10.0.0.2:80".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "connection.local is not \"ip:port\": \"10.0.0.1\""
+        );
+    }
+}

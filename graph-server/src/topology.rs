@@ -1,0 +1,359 @@
+//! The live topology: per-time-bucket edge metrics between endpoints, from mesh flows and
+//! requests, rolled up at query time to the workload, service or namespace level.
+//!
+//! Each flow or request is counted once. Both ends report it when both nodes run an
+//! agent, so the client side's record counts; the server side's record counts only when
+//! the source is unknown (no agent saw the call leave). Server-side records still add the
+//! inbound proxy's connect time to the application (`upstream_connect_us`), which only
+//! that side measures.
+use std::collections::{BTreeMap, HashMap};
+
+use crate::record::{MeshFlow, MeshPath, Outcome, Peer, Protocol, Request, Role};
+
+pub mod graph;
+pub mod metrics;
+pub mod node;
+
+pub use metrics::{EdgeMetrics, EdgeSummary, ErrorCounts, ErrorKind, Health};
+pub use node::{Level, NodeKey, NodeKind};
+
+/// (source endpoint id, destination endpoint id), ids from the [`Directory`].
+pub type EdgeKey = (u32, u32);
+
+/// Rough per-entry overhead of a hash map slot (control bytes, load factor).
+const MAP_ENTRY_OVERHEAD: usize = 16;
+
+/// Interned endpoints and what was learned about them.
+#[derive(Debug, Default)]
+pub struct Directory {
+    keys: Vec<NodeKey>,
+    ids: HashMap<NodeKey, u32>,
+    /// Workload → the service it was last reached through (for the service level).
+    service_of: HashMap<u32, u32>,
+    bytes: usize,
+}
+
+impl Directory {
+    fn intern(&mut self, key: NodeKey) -> u32 {
+        if let Some(&id) = self.ids.get(&key) {
+            return id;
+        }
+        let id = u32::try_from(self.keys.len()).expect("fewer than 4 billion endpoints");
+        self.bytes += 2
+            * (size_of::<NodeKey>() + key.name().len() + key.namespace().map_or(0, str::len))
+            + MAP_ENTRY_OVERHEAD;
+        self.keys.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+
+    pub fn key(&self, id: u32) -> &NodeKey {
+        &self.keys[id as usize]
+    }
+
+    pub fn id(&self, key: &NodeKey) -> Option<u32> {
+        self.ids.get(key).copied()
+    }
+
+    /// The node `id` is drawn as at `level`.
+    pub fn node_at(&self, id: u32, level: Level) -> NodeKey {
+        let key = self.key(id);
+        match (level, key) {
+            (Level::Workload, _) | (_, NodeKey::External { .. }) => key.clone(),
+            (Level::Service, NodeKey::Workload { .. }) => match self.service_of.get(&id) {
+                Some(&service) => self.key(service).clone(),
+                None => key.clone(),
+            },
+            (Level::Service, _) => key.clone(),
+            (Level::Namespace, _) => NodeKey::Namespace {
+                name: key.namespace().unwrap_or_default().to_owned(),
+            },
+        }
+    }
+
+    fn source(&mut self, peer: &Peer) -> u32 {
+        if peer.workload.is_empty() {
+            self.intern(NodeKey::External {
+                address: peer.ip.clone(),
+            })
+        } else {
+            self.intern(NodeKey::Workload {
+                namespace: peer.namespace.clone(),
+                name: peer.workload.clone(),
+            })
+        }
+    }
+
+    /// A destination is its workload; else its service (unknown backends behind a known
+    /// service are one node); else the address dialled.
+    fn destination(&mut self, peer: &Peer, dialled: &str) -> u32 {
+        let service = (!peer.service.is_empty()).then(|| {
+            self.intern(NodeKey::Service {
+                namespace: peer.namespace.clone(),
+                hostname: peer.service.clone(),
+            })
+        });
+        if !peer.workload.is_empty() {
+            let id = self.intern(NodeKey::Workload {
+                namespace: peer.namespace.clone(),
+                name: peer.workload.clone(),
+            });
+            if let Some(service) = service
+                && self.service_of.insert(id, service).is_none()
+            {
+                self.bytes += 8 + MAP_ENTRY_OVERHEAD;
+            }
+            return id;
+        }
+        if let Some(service) = service {
+            return service;
+        }
+        let address = if peer.ip.is_empty() {
+            dialled.rsplit_once(':').map_or(dialled, |(ip, _)| ip)
+        } else {
+            &peer.ip
+        };
+        self.intern(NodeKey::External {
+            address: address.trim_matches(['[', ']']).to_owned(),
+        })
+    }
+}
+
+/// Edge metrics of one time bucket.
+#[derive(Debug, Default)]
+pub struct Bucket {
+    pub edges: HashMap<EdgeKey, EdgeMetrics>,
+    bytes: usize,
+}
+
+/// Cumulative counters per edge since the server started, for Prometheus.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EdgeTotals {
+    pub connections: u64,
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub errors: ErrorCounts,
+}
+
+/// The aggregated topology.
+#[derive(Debug)]
+pub struct Topology {
+    bucket_width_ns: u64,
+    pub directory: Directory,
+    buckets: BTreeMap<u64, Bucket>,
+    totals: HashMap<EdgeKey, EdgeTotals>,
+    /// Buckets before this were evicted; records for them are late and dropped.
+    floor_ns: u64,
+    bytes: usize,
+    /// Records dropped because their bucket was already evicted.
+    pub late_records: u64,
+}
+
+impl Topology {
+    pub fn new(bucket_width_ns: u64) -> Self {
+        assert!(bucket_width_ns > 0, "bucket width must be positive");
+        Self {
+            bucket_width_ns,
+            directory: Directory::default(),
+            buckets: BTreeMap::new(),
+            totals: HashMap::new(),
+            floor_ns: 0,
+            bytes: 0,
+            late_records: 0,
+        }
+    }
+
+    pub fn bucket_width_ns(&self) -> u64 {
+        self.bucket_width_ns
+    }
+
+    pub fn bucket_start(&self, t_ns: u64) -> u64 {
+        t_ns - t_ns % self.bucket_width_ns
+    }
+
+    /// Estimated bytes held by buckets, totals and the directory.
+    pub fn bytes(&self) -> usize {
+        self.bytes + self.directory.bytes
+    }
+
+    pub fn oldest_ns(&self) -> Option<u64> {
+        self.buckets.keys().next().copied()
+    }
+
+    pub fn totals(&self) -> &HashMap<EdgeKey, EdgeTotals> {
+        &self.totals
+    }
+
+    /// Drops every bucket that starts before `t_ns`; returns the bytes freed.
+    pub fn evict_before(&mut self, t_ns: u64) -> usize {
+        let keep = self.buckets.split_off(&self.bucket_start(t_ns));
+        let dropped = std::mem::replace(&mut self.buckets, keep);
+        let freed: usize = dropped.values().map(|b| b.bytes).sum();
+        self.bytes -= freed;
+        self.floor_ns = self.floor_ns.max(self.bucket_start(t_ns));
+        freed
+    }
+
+    /// Finds (or makes) the metrics of `edge` in the bucket of `at_ns`; `None` if late.
+    fn slot(&mut self, edge: EdgeKey, at_ns: u64) -> Option<&mut EdgeMetrics> {
+        let start = self.bucket_start(at_ns);
+        if start < self.floor_ns {
+            self.late_records += 1;
+            return None;
+        }
+        let bucket = self.buckets.entry(start).or_insert_with(|| {
+            self.bytes += size_of::<Bucket>() + size_of::<u64>() + MAP_ENTRY_OVERHEAD;
+            Bucket::default()
+        });
+        let metrics = bucket.edges.entry(edge).or_insert_with(|| {
+            let size = size_of::<EdgeKey>() + size_of::<EdgeMetrics>() + MAP_ENTRY_OVERHEAD;
+            bucket.bytes += size;
+            self.bytes += size;
+            EdgeMetrics::default()
+        });
+        Some(metrics)
+    }
+
+    /// Adds histogram growth to the byte counts of the bucket of `at_ns`.
+    fn grew(&mut self, at_ns: u64, bytes: usize) {
+        if bytes > 0 {
+            if let Some(bucket) = self.buckets.get_mut(&self.bucket_start(at_ns)) {
+                bucket.bytes += bytes;
+            }
+            self.bytes += bytes;
+        }
+    }
+
+    fn total(&mut self, edge: EdgeKey) -> &mut EdgeTotals {
+        self.totals.entry(edge).or_insert_with(|| {
+            self.bytes += size_of::<(EdgeKey, EdgeTotals)>() + MAP_ENTRY_OVERHEAD;
+            EdgeTotals::default()
+        })
+    }
+
+    /// Counts a mesh flow record. Open flows count their bytes at `now_ns` (the record
+    /// says how much moved since the last one, not when); closed flows count at `end_ns`.
+    pub fn add_flow(&mut self, flow: &MeshFlow, now_ns: u64) {
+        let src = self.directory.source(&flow.source);
+        let dst = self
+            .directory
+            .destination(&flow.destination, &flow.original_destination);
+        let edge = (src, dst);
+        let at = flow.end_ns.unwrap_or(now_ns);
+        let counting = flow.side == Role::Client || flow.source.workload.is_empty();
+        let mut grown = 0;
+        let Some(m) = self.slot(edge, at) else {
+            return;
+        };
+        if let Some(us) = flow.upstream_connect_us {
+            grown += m.record_connect_latency(us);
+        }
+        if counting {
+            m.bytes_sent += flow.bytes_sent_delta;
+            m.bytes_received += flow.bytes_received_delta;
+            if flow.outcome != Outcome::Open {
+                m.connections += 1;
+                m.mtls_connections += u64::from(flow.mtls);
+                if flow.path == MeshPath::Hbone {
+                    match flow.tunnel_reused {
+                        Some(true) => m.tunnels_reused += 1,
+                        Some(false) => m.tunnels_new += 1,
+                        None => {}
+                    }
+                }
+                if let Some(us) = flow.tunnel_setup_us {
+                    grown += m.record_tunnel_setup(us);
+                }
+                if let Some(kind) = outcome_error(flow.outcome) {
+                    m.record_error(kind, at);
+                }
+            }
+        }
+        self.grew(at, grown);
+        if counting {
+            let closed = flow.outcome != Outcome::Open;
+            let total = self.total(edge);
+            total.bytes_sent += flow.bytes_sent_delta;
+            total.bytes_received += flow.bytes_received_delta;
+            total.connections += u64::from(closed);
+            if let Some(kind) = outcome_error(flow.outcome) {
+                total.errors.add(kind, 1);
+            }
+        }
+    }
+
+    /// Counts a request at its `end_ns`.
+    pub fn add_request(&mut self, request: &Request) {
+        if request.side == Role::Server && !request.source.workload.is_empty() {
+            return;
+        }
+        let src = self.directory.source(&request.source);
+        let dst = self
+            .directory
+            .destination(&request.destination, &request.remote);
+        let edge = (src, dst);
+        let at = request.end_ns;
+        let error = request_error(request);
+        let Some(m) = self.slot(edge, at) else {
+            return;
+        };
+        m.requests += 1;
+        match request.protocol {
+            Protocol::Grpc => m.protocols.grpc = true,
+            Protocol::Http1 | Protocol::Http2 => m.protocols.http = true,
+        }
+        if let Some(kind) = error {
+            m.record_error(kind, at);
+        }
+        let grown = m.record_request_latency(request.latency_us);
+        self.grew(at, grown);
+        let total = self.total(edge);
+        total.requests += 1;
+        if let Some(kind) = error {
+            total.errors.add(kind, 1);
+        }
+    }
+
+    /// Buckets whose start lies in `[from_ns, to_ns)`.
+    pub fn buckets(&self, from_ns: u64, to_ns: u64) -> impl Iterator<Item = (u64, &Bucket)> {
+        self.buckets
+            .range(self.bucket_start(from_ns)..to_ns)
+            .map(|(&start, bucket)| (start, bucket))
+    }
+
+    /// Every edge's metrics merged over `[from_ns, to_ns)`, at workload level.
+    pub fn merged(&self, from_ns: u64, to_ns: u64) -> HashMap<EdgeKey, EdgeMetrics> {
+        let mut merged: HashMap<EdgeKey, EdgeMetrics> = HashMap::new();
+        for (_, bucket) in self.buckets(from_ns, to_ns) {
+            for (edge, metrics) in &bucket.edges {
+                merged.entry(*edge).or_default().merge(metrics);
+            }
+        }
+        merged
+    }
+}
+
+fn outcome_error(outcome: Outcome) -> Option<ErrorKind> {
+    match outcome {
+        Outcome::Closed | Outcome::Open => None,
+        Outcome::Reset => Some(ErrorKind::Reset),
+        Outcome::Refused => Some(ErrorKind::Refused),
+        Outcome::Timeout => Some(ErrorKind::Timeout),
+        Outcome::Unreachable => Some(ErrorKind::Unreachable),
+        Outcome::TunnelFailed => Some(ErrorKind::TunnelFailed),
+    }
+}
+
+fn request_error(request: &Request) -> Option<ErrorKind> {
+    if request.grpc_status.is_some_and(|s| s != 0) {
+        Some(ErrorKind::GrpcError)
+    } else if request.status.is_some_and(|s| s >= 500) {
+        Some(ErrorKind::Http5xx)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

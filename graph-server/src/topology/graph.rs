@@ -1,0 +1,302 @@
+//! The topology as a petgraph graph at one level over one window, and its JSON views.
+use std::collections::HashMap;
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+
+use super::metrics::{EdgeMetrics, EdgeSummary, Health};
+use super::node::{Level, NodeKey, NodeKind};
+use super::{Bucket, Topology};
+use crate::config::HealthThresholds;
+
+/// Nodes at one level, edges carrying their metrics merged over the window.
+#[derive(Debug, Default)]
+pub struct TopologyGraph {
+    pub graph: DiGraph<NodeKey, EdgeMetrics>,
+    pub index: HashMap<NodeKey, NodeIndex>,
+}
+
+impl TopologyGraph {
+    fn node(&mut self, key: NodeKey) -> NodeIndex {
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        let i = self.graph.add_node(key.clone());
+        self.index.insert(key, i);
+        i
+    }
+
+    /// Adds one bucket's edges, mapped to `level` and kept if `keep` accepts both ends.
+    fn add_bucket(
+        &mut self,
+        topology: &Topology,
+        bucket: &Bucket,
+        level: Level,
+        mapped: &mut HashMap<u32, Option<NodeIndex>>,
+        keep: &dyn Fn(&NodeKey, &NodeKey) -> bool,
+    ) {
+        for (&(src, dst), metrics) in &bucket.edges {
+            let mut map = |id: u32, this: &mut Self| {
+                *mapped
+                    .entry(id)
+                    .or_insert_with(|| Some(this.node(topology.directory.node_at(id, level))))
+            };
+            let (Some(a), Some(b)) = (map(src, self), map(dst, self)) else {
+                continue;
+            };
+            if !keep(&self.graph[a], &self.graph[b]) {
+                continue;
+            }
+            match self.graph.find_edge(a, b) {
+                Some(e) => self.graph[e].merge(metrics),
+                None => {
+                    self.graph.add_edge(a, b, metrics.clone());
+                }
+            }
+        }
+    }
+
+    /// The merged metrics of every edge into (`Incoming`) or out of (`Outgoing`) `node`.
+    pub fn sum(&self, node: NodeIndex, direction: Direction) -> Option<EdgeMetrics> {
+        let mut edges = self.graph.edges_directed(node, direction).peekable();
+        edges.peek()?;
+        let mut sum = EdgeMetrics::default();
+        for e in edges {
+            sum.merge(e.weight());
+        }
+        Some(sum)
+    }
+}
+
+impl Topology {
+    /// The graph at `level` over `[from_ns, to_ns)`. With `namespace`, only edges with at
+    /// least one end in that namespace (so callers from elsewhere stay visible).
+    pub fn graph(
+        &self,
+        level: Level,
+        namespace: Option<&str>,
+        from_ns: u64,
+        to_ns: u64,
+    ) -> TopologyGraph {
+        let mut graph = TopologyGraph::default();
+        let mut mapped = HashMap::new();
+        let keep = |a: &NodeKey, b: &NodeKey| {
+            namespace.is_none_or(|ns| a.namespace() == Some(ns) || b.namespace() == Some(ns))
+        };
+        for (_, bucket) in self.buckets(from_ns, to_ns) {
+            graph.add_bucket(self, bucket, level, &mut mapped, &keep);
+        }
+        // Nodes only reached by filtered-out edges are left without edges: drop them.
+        graph
+            .graph
+            .retain_nodes(|g, n| g.neighbors_undirected(n).next().is_some());
+        graph.index = graph
+            .graph
+            .node_indices()
+            .map(|i| (graph.graph[i].clone(), i))
+            .collect();
+        graph
+    }
+
+    /// `GET /api/v1/graph`.
+    pub fn graph_view(
+        &self,
+        level: Level,
+        namespace: Option<&str>,
+        from_ns: u64,
+        to_ns: u64,
+        thresholds: &HealthThresholds,
+    ) -> GraphView {
+        let graph = self.graph(level, namespace, from_ns, to_ns);
+        let seconds = window_seconds(from_ns, to_ns);
+        let g = &graph.graph;
+        let mut nodes: Vec<NodeView> = g
+            .node_indices()
+            .map(|i| {
+                let inbound = graph.sum(i, Direction::Incoming);
+                let health = inbound
+                    .as_ref()
+                    .map_or(Health::Idle, |m| m.health(thresholds));
+                NodeView::new(
+                    &g[i],
+                    health,
+                    inbound.map(|m| m.summary(seconds, thresholds)),
+                )
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut edges: Vec<EdgeView> = g
+            .edge_indices()
+            .map(|e| {
+                let (a, b) = g.edge_endpoints(e).expect("edge of this graph");
+                EdgeView::new(&g[a], &g[b], g[e].summary(seconds, thresholds))
+            })
+            .collect();
+        edges.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
+        GraphView {
+            level,
+            namespace: namespace.map(str::to_owned),
+            from_ns,
+            to_ns,
+            window_seconds: seconds,
+            nodes,
+            edges,
+        }
+    }
+
+    /// `GET /api/v1/nodes/{id}`: the node's edges over the window and its inbound and
+    /// outbound metrics per bucket. `None` if the node saw no traffic in the window.
+    pub fn node_detail(
+        &self,
+        key: &NodeKey,
+        from_ns: u64,
+        to_ns: u64,
+        thresholds: &HealthThresholds,
+    ) -> Option<NodeDetail> {
+        let level = match key.kind() {
+            NodeKind::Workload | NodeKind::External => Level::Workload,
+            NodeKind::Service => Level::Service,
+            NodeKind::Namespace => Level::Namespace,
+        };
+        let graph = self.graph(level, None, from_ns, to_ns);
+        let &i = graph.index.get(key)?;
+        let seconds = window_seconds(from_ns, to_ns);
+        let g = &graph.graph;
+        let edges = |direction| {
+            let mut list: Vec<EdgeView> = g
+                .edges_directed(i, direction)
+                .map(|e| {
+                    use petgraph::visit::EdgeRef;
+                    EdgeView::new(
+                        &g[e.source()],
+                        &g[e.target()],
+                        e.weight().summary(seconds, thresholds),
+                    )
+                })
+                .collect();
+            list.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
+            list
+        };
+        let bucket_seconds = self.bucket_width_ns as f64 / 1e9;
+        let mut series = Vec::new();
+        for (start, bucket) in self.buckets(from_ns, to_ns) {
+            let mut inbound: Option<EdgeMetrics> = None;
+            let mut outbound: Option<EdgeMetrics> = None;
+            for (&(src, dst), metrics) in &bucket.edges {
+                let add =
+                    |slot: &mut Option<EdgeMetrics>| slot.get_or_insert_default().merge(metrics);
+                if self.directory.node_at(dst, level) == *key {
+                    add(&mut inbound);
+                }
+                if self.directory.node_at(src, level) == *key {
+                    add(&mut outbound);
+                }
+            }
+            if inbound.is_some() || outbound.is_some() {
+                series.push(NodePoint {
+                    start_ns: start,
+                    inbound: inbound.map(|m| m.summary(bucket_seconds, thresholds)),
+                    outbound: outbound.map(|m| m.summary(bucket_seconds, thresholds)),
+                });
+            }
+        }
+        let inbound = graph.sum(i, Direction::Incoming);
+        let health = inbound
+            .as_ref()
+            .map_or(Health::Idle, |m| m.health(thresholds));
+        Some(NodeDetail {
+            node: NodeView::new(key, health, inbound.map(|m| m.summary(seconds, thresholds))),
+            outbound: graph
+                .sum(i, Direction::Outgoing)
+                .map(|m| m.summary(seconds, thresholds)),
+            from_ns,
+            to_ns,
+            bucket_seconds,
+            incoming: edges(Direction::Incoming),
+            outgoing: edges(Direction::Outgoing),
+            series,
+        })
+    }
+}
+
+fn window_seconds(from_ns: u64, to_ns: u64) -> f64 {
+    (to_ns.saturating_sub(from_ns) as f64 / 1e9).max(1e-9)
+}
+
+#[derive(Debug, Serialize)]
+pub struct GraphView {
+    pub level: Level,
+    pub namespace: Option<String>,
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub window_seconds: f64,
+    pub nodes: Vec<NodeView>,
+    pub edges: Vec<EdgeView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub id: String,
+    pub kind: NodeKind,
+    pub name: String,
+    pub namespace: Option<String>,
+    /// Health of the traffic the node receives (`idle` when it receives none).
+    pub health: Health,
+    /// Everything the node received over the window.
+    pub inbound: Option<EdgeSummary>,
+}
+
+impl NodeView {
+    fn new(key: &NodeKey, health: Health, inbound: Option<EdgeSummary>) -> Self {
+        Self {
+            id: key.to_string(),
+            kind: key.kind(),
+            name: key.name().to_owned(),
+            namespace: key.namespace().map(str::to_owned),
+            health,
+            inbound,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EdgeView {
+    pub id: String,
+    pub source: String,
+    pub target: String,
+    #[serde(flatten)]
+    pub metrics: EdgeSummary,
+}
+
+impl EdgeView {
+    fn new(source: &NodeKey, target: &NodeKey, metrics: EdgeSummary) -> Self {
+        let (source, target) = (source.to_string(), target.to_string());
+        Self {
+            id: format!("{source}->{target}"),
+            source,
+            target,
+            metrics,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeDetail {
+    pub node: NodeView,
+    pub outbound: Option<EdgeSummary>,
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub bucket_seconds: f64,
+    pub incoming: Vec<EdgeView>,
+    pub outgoing: Vec<EdgeView>,
+    /// One point per bucket with traffic; rates are per second within the bucket.
+    pub series: Vec<NodePoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodePoint {
+    pub start_ns: u64,
+    pub inbound: Option<EdgeSummary>,
+    pub outbound: Option<EdgeSummary>,
+}

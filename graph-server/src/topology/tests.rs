@@ -1,0 +1,254 @@
+use super::*;
+use crate::config::HealthThresholds;
+use crate::fixture::{MS, SECOND, T0, flow, request, server_side};
+use graph::GraphView;
+
+fn shop() -> Topology {
+    let mut t = Topology::new(10 * SECOND);
+    // frontend → checkout: 10 requests, 1 answered 503; 4 HBONE flows, 3 reused tunnels.
+    for i in 0..10 {
+        let status = if i == 3 { 503 } else { 200 };
+        t.add_request(&request(
+            "frontend",
+            "checkout",
+            T0 + i * 100 * MS,
+            1000 + i * 100,
+            status,
+        ));
+    }
+    for i in 0..4 {
+        let mut f = flow(
+            "frontend",
+            "checkout",
+            T0 + (i + 1) * SECOND,
+            Outcome::Closed,
+        );
+        f.tunnel_reused = Some(i > 0);
+        f.tunnel_setup_us = Some(if i == 0 { 2000 } else { 100 });
+        t.add_flow(&f, T0 + 9 * SECOND);
+    }
+    // checkout → payments: 5 flows, 2 refused, 1 without mTLS, L4 only.
+    for i in 0..5 {
+        let outcome = if i < 2 {
+            Outcome::Refused
+        } else {
+            Outcome::Closed
+        };
+        let mut f = flow("checkout", "payments", T0 + (i + 1) * SECOND, outcome);
+        f.mtls = i != 4;
+        t.add_flow(&f, T0 + 9 * SECOND);
+    }
+    t
+}
+
+fn summary(view: &GraphView, source: &str, target: &str) -> EdgeSummary {
+    view.edges
+        .iter()
+        .find(|e| e.source == source && e.target == target)
+        .unwrap_or_else(|| panic!("no edge {source} -> {target} in {:?}", view.edges))
+        .metrics
+        .clone()
+}
+
+#[test]
+fn workload_graph_counts_requests_flows_and_errors_by_kind() {
+    let view = shop().graph_view(
+        Level::Workload,
+        None,
+        T0,
+        T0 + 10 * SECOND,
+        &HealthThresholds::default(),
+    );
+    let ids: Vec<&str> = view.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "workload:shop:checkout",
+            "workload:shop:frontend",
+            "workload:shop:payments"
+        ]
+    );
+    let fc = summary(&view, "workload:shop:frontend", "workload:shop:checkout");
+    assert_eq!((fc.requests, fc.connections, fc.protocol), (10, 4, "http"));
+    assert_eq!(fc.requests_per_second, 1.0);
+    assert_eq!(fc.connections_per_second, 0.4);
+    assert_eq!((fc.bytes_sent, fc.bytes_received), (400, 4000));
+    assert_eq!(fc.bytes_received_per_second, 400.0);
+    assert_eq!(fc.errors.get(ErrorKind::Http5xx), 1);
+    assert_eq!(fc.error_rate, 0.1);
+    assert_eq!(fc.health, Health::Failing);
+    let latency = fc.latency.unwrap();
+    // 1000..=1900 µs in steps of 100; 2-digit hdrhistogram rounds up by at most 8 µs here.
+    assert_eq!(
+        (latency.p50_us, latency.p95_us, latency.p99_us),
+        (1407, 1903, 1903)
+    );
+    assert_eq!(fc.latency_kind, Some(metrics::LatencyKind::Request));
+    assert_eq!(fc.pool_reuse_ratio, Some(0.75));
+    let setup = fc.tunnel_setup.unwrap();
+    // 2000 µs falls in the 2000..=2007 bucket (8 µs wide between 1024 and 2047).
+    assert_eq!((setup.p50_us, setup.p99_us), (100, 2007));
+    assert_eq!(fc.mtls_share, Some(1.0));
+
+    let cp = summary(&view, "workload:shop:checkout", "workload:shop:payments");
+    assert_eq!((cp.requests, cp.connections, cp.protocol), (0, 5, "tcp"));
+    assert_eq!(cp.errors.get(ErrorKind::Refused), 2);
+    assert_eq!(cp.errors.total(), 2);
+    assert_eq!(cp.error_rate, 0.4);
+    assert_eq!(cp.mtls_share, Some(0.8));
+    assert_eq!(cp.latency, None, "no upstream connect times were reported");
+
+    let payments = view.nodes.iter().find(|n| n.name == "payments").unwrap();
+    assert_eq!(payments.health, Health::Failing);
+    let frontend = view.nodes.iter().find(|n| n.name == "frontend").unwrap();
+    assert_eq!(frontend.health, Health::Idle);
+}
+
+#[test]
+fn server_side_records_count_only_for_unknown_callers() {
+    let mut t = Topology::new(10 * SECOND);
+    let client = request("frontend", "checkout", T0, 1000, 200);
+    t.add_request(&client);
+    t.add_request(&server_side(&client, 7));
+    let mut anonymous = server_side(&client, 7);
+    anonymous.source = crate::fixture::peer("", "192.168.0.7");
+    t.add_request(&anonymous);
+    let view = t.graph_view(
+        Level::Workload,
+        None,
+        T0,
+        T0 + 10 * SECOND,
+        &HealthThresholds::default(),
+    );
+    assert_eq!(view.edges.len(), 2);
+    assert_eq!(
+        summary(&view, "workload:shop:frontend", "workload:shop:checkout").requests,
+        1
+    );
+    assert_eq!(
+        summary(&view, "external:192.168.0.7", "workload:shop:checkout").requests,
+        1
+    );
+}
+
+#[test]
+fn service_and_namespace_levels_roll_workloads_up() {
+    let t = shop();
+    let thresholds = HealthThresholds::default();
+    let view = t.graph_view(Level::Service, None, T0, T0 + 10 * SECOND, &thresholds);
+    let edges: Vec<(&str, &str)> = view
+        .edges
+        .iter()
+        .map(|e| (e.source.as_str(), e.target.as_str()))
+        .collect();
+    // frontend is never a destination, so it has no service and stays a workload.
+    assert_eq!(
+        edges,
+        [
+            (
+                "service:shop:checkout.shop.svc.cluster.local",
+                "service:shop:payments.shop.svc.cluster.local"
+            ),
+            (
+                "workload:shop:frontend",
+                "service:shop:checkout.shop.svc.cluster.local"
+            ),
+        ]
+    );
+    let view = t.graph_view(Level::Namespace, None, T0, T0 + 10 * SECOND, &thresholds);
+    assert_eq!(view.edges.len(), 1);
+    let shop = &view.edges[0];
+    assert_eq!(
+        (shop.source.as_str(), shop.target.as_str()),
+        ("namespace:shop", "namespace:shop")
+    );
+    assert_eq!((shop.metrics.requests, shop.metrics.connections), (10, 9));
+}
+
+#[test]
+fn unknown_destinations_become_external_or_service_nodes() {
+    let mut t = Topology::new(10 * SECOND);
+    let mut f = flow("frontend", "x", T0, Outcome::Timeout);
+    f.destination = crate::fixture::peer("", "");
+    f.original_destination = "93.184.216.34:443".into();
+    f.path = MeshPath::Passthrough;
+    t.add_flow(&f, T0);
+    let mut g = flow("frontend", "x", T0, Outcome::Closed);
+    g.destination = crate::fixture::peer("", "10.96.0.10");
+    g.destination.service = "dns.kube-system.svc.cluster.local".into();
+    g.destination.namespace = "kube-system".into();
+    t.add_flow(&g, T0);
+    let view = t.graph_view(
+        Level::Workload,
+        None,
+        T0,
+        T0 + 10 * SECOND,
+        &HealthThresholds::default(),
+    );
+    let targets: Vec<&str> = view.edges.iter().map(|e| e.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        [
+            "external:93.184.216.34",
+            "service:kube-system:dns.kube-system.svc.cluster.local"
+        ]
+    );
+    assert_eq!(view.edges[0].metrics.errors.get(ErrorKind::Timeout), 1);
+}
+
+#[test]
+fn namespace_filter_keeps_edges_touching_the_namespace() {
+    let mut t = shop();
+    let mut f = flow("frontend", "x", T0, Outcome::Closed);
+    f.source = crate::fixture::peer("", "192.168.0.7");
+    f.side = Role::Server;
+    f.destination.namespace = "other".into();
+    t.add_flow(&f, T0);
+    let thresholds = HealthThresholds::default();
+    let all = t.graph_view(Level::Workload, None, T0, T0 + 10 * SECOND, &thresholds);
+    assert_eq!(all.edges.len(), 3);
+    let other = t.graph_view(
+        Level::Workload,
+        Some("other"),
+        T0,
+        T0 + 10 * SECOND,
+        &thresholds,
+    );
+    assert_eq!(other.edges.len(), 1);
+    assert_eq!(other.nodes.len(), 2);
+    assert_eq!(other.edges[0].target, "workload:other:x");
+}
+
+#[test]
+fn open_flows_count_bytes_now_and_the_connection_when_closed() {
+    let mut t = Topology::new(10 * SECOND);
+    let mut open = flow("frontend", "checkout", T0, Outcome::Open);
+    open.end_ns = None;
+    open.bytes_sent_delta = 10;
+    open.bytes_received_delta = 20;
+    t.add_flow(&open, T0 + 15 * SECOND);
+    let mut closed = flow("frontend", "checkout", T0 + 25 * SECOND, Outcome::Closed);
+    closed.bytes_sent_delta = 1;
+    closed.bytes_received_delta = 2;
+    t.add_flow(&closed, T0 + 25 * SECOND);
+    let merged = t.merged(T0, T0 + 30 * SECOND);
+    let m = merged.values().next().unwrap();
+    assert_eq!((m.connections, m.bytes_sent, m.bytes_received), (1, 11, 22));
+    let second_bucket = t.merged(T0 + 10 * SECOND, T0 + 20 * SECOND);
+    assert_eq!(second_bucket.values().next().unwrap().connections, 0);
+}
+
+#[test]
+fn eviction_frees_the_bytes_it_accounted_and_drops_late_records() {
+    let mut t = shop();
+    let before = t.bytes();
+    assert!(before > 0);
+    let freed = t.evict_before(T0 + 10 * SECOND);
+    assert_eq!(t.bytes(), before - freed);
+    assert_eq!(t.merged(0, u64::MAX).len(), 0);
+    t.add_request(&request("frontend", "checkout", T0, 1000, 200));
+    assert_eq!(t.late_records, 1);
+    // Only the directory and cumulative totals remain.
+    assert_eq!(t.oldest_ns(), None);
+    assert_eq!(t.totals().len(), 2);
+}

@@ -1,0 +1,413 @@
+//! Traces, assembled from request records and HBONE mesh flows without touching the
+//! applications.
+//!
+//! Every request record is a span: the client side's record is the client span at the
+//! caller, the server side's record the server span at the callee. Spans are linked when
+//! asked for (search, `GET /traces/{id}`), from indexes kept at ingest, so records may
+//! arrive in any order from any node:
+//! - a server span's parent is the client span of the same call: the one carrying the
+//!   same `traceparent` ids when the request had the header, otherwise the client span
+//!   from the same source ip to the same destination workload with the same method and
+//!   path whose time range contains the server span (ztunnel keeps the client's ip on
+//!   inbound delivery, not its port);
+//! - a client span's parent is the innermost server span of the same process (node + pid)
+//!   in flight when the call was made: the outbound call was made while serving it;
+//! - between a client span and its server span sits a tunnel span when a client-side
+//!   HBONE mesh flow carried the call (same source ip and dialled address, open at the
+//!   time), with the tunnel's setup time, reuse and identities.
+//!
+//! Trace ids are the `traceparent` trace id when the root request carried one; otherwise
+//! `6e657068696c6961` ("nephilia") followed by the root span's store key, so the id can be
+//! looked up without a table.
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash};
+
+use crate::record::{MeshFlow, MeshPath, Request, Role};
+
+pub mod view;
+
+pub use view::{SpanView, TraceQuery, TraceSummary, TraceView};
+
+/// How far apart the clocks of two nodes may be when matching the two sides of a call.
+const SKEW_NS: u64 = 50_000_000;
+/// Longest a client may wait between starting a call and the server seeing it.
+const MAX_LEAD_NS: u64 = 10_000_000_000;
+/// Longest server span searched for when nesting an outbound call.
+const MAX_NESTING_NS: u64 = 300_000_000_000;
+/// Rough bytes per index entry (hash map slot + vector element).
+const INDEX_ENTRY_BYTES: usize = 40;
+
+/// (start_ns, key), sorted by start in every index.
+type Entries = Vec<(u64, u64)>;
+
+#[derive(Debug, Default)]
+pub struct TraceStore {
+    next_key: u64,
+    requests: HashMap<u64, Request>,
+    by_start: BTreeSet<(u64, u64)>,
+    /// hash(trace_id, span_id) of requests carrying traceparent.
+    by_header: HashMap<u64, Entries>,
+    /// hash(trace_id).
+    by_trace: HashMap<u64, Entries>,
+    /// hash(source ip, destination, method, path) → client / server spans.
+    clients_by_call: HashMap<u64, Entries>,
+    servers_by_call: HashMap<u64, Entries>,
+    /// hash(node, pid) → client / server spans of one process.
+    clients_by_process: HashMap<u64, Entries>,
+    servers_by_process: HashMap<u64, Entries>,
+    flows: HashMap<u64, MeshFlow>,
+    /// hash(node, source ip, original destination, start) → flow key (interim records
+    /// of the same flow replace each other).
+    flow_ids: HashMap<u64, u64>,
+    flows_by_start: BTreeSet<(u64, u64)>,
+    /// hash(source ip, original destination) → client-side HBONE flows.
+    flows_by_path: HashMap<u64, Entries>,
+    bytes: usize,
+    hasher: std::hash::RandomState,
+}
+
+impl TraceStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn hash(&self, value: impl Hash) -> u64 {
+        self.hasher.hash_one(value)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn span_count(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn oldest_ns(&self) -> Option<u64> {
+        let spans = self.by_start.first().map(|e| e.0);
+        let flows = self.flows_by_start.first().map(|e| e.0);
+        spans.into_iter().chain(flows).min()
+    }
+
+    fn call_key(&self, request: &Request) -> u64 {
+        let d = &request.destination;
+        let destination = if d.workload.is_empty() {
+            &d.ip
+        } else {
+            &d.workload
+        };
+        self.hash((
+            &request.source.ip,
+            &d.namespace,
+            destination,
+            &request.method,
+            &request.path,
+        ))
+    }
+
+    fn process_key(&self, request: &Request) -> u64 {
+        self.hash((&request.node, request.pid))
+    }
+
+    pub fn add_request(&mut self, request: Request) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let entry = (request.start_ns, key);
+        let mut indexes = 2;
+        if let (Some(t), Some(s)) = (&request.trace_id, &request.span_id) {
+            let h = self.hash((t, s));
+            insert(self.by_header.entry(h).or_default(), entry);
+            let h = self.hash(t);
+            insert(self.by_trace.entry(h).or_default(), entry);
+            indexes += 2;
+        }
+        let call = self.call_key(&request);
+        let process = self.process_key(&request);
+        match request.side {
+            Role::Client => {
+                insert(self.clients_by_call.entry(call).or_default(), entry);
+                insert(self.clients_by_process.entry(process).or_default(), entry);
+            }
+            Role::Server => {
+                insert(self.servers_by_call.entry(call).or_default(), entry);
+                insert(self.servers_by_process.entry(process).or_default(), entry);
+            }
+        }
+        self.by_start.insert(entry);
+        self.bytes += crate::record::Record::Request(request.clone()).estimated_bytes()
+            + indexes * INDEX_ENTRY_BYTES
+            + 2 * INDEX_ENTRY_BYTES;
+        self.requests.insert(key, request);
+    }
+
+    /// Keeps client-side HBONE flows: they become tunnel spans.
+    pub fn add_flow(&mut self, flow: &MeshFlow) {
+        if flow.side != Role::Client || flow.path != MeshPath::Hbone {
+            return;
+        }
+        let id = self.hash((
+            &flow.node,
+            &flow.source.ip,
+            &flow.original_destination,
+            flow.start_ns,
+        ));
+        if let Some(&key) = self.flow_ids.get(&id) {
+            // A later record of the same flow: keep the newest state.
+            if let Some(old) = self.flows.insert(key, flow.clone()) {
+                self.bytes -= flow_bytes(&old);
+                self.bytes += flow_bytes(flow);
+            }
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let path = self.hash((&flow.source.ip, &flow.original_destination));
+        insert(
+            self.flows_by_path.entry(path).or_default(),
+            (flow.start_ns, key),
+        );
+        self.flows_by_start.insert((flow.start_ns, key));
+        self.flow_ids.insert(id, key);
+        self.bytes += flow_bytes(flow) + 3 * INDEX_ENTRY_BYTES;
+        self.flows.insert(key, flow.clone());
+    }
+
+    /// Drops spans and flows that started before `t_ns`; returns the bytes freed.
+    pub fn evict_before(&mut self, t_ns: u64) -> usize {
+        let before = self.bytes;
+        let keep = self.by_start.split_off(&(t_ns, 0));
+        for (_, key) in std::mem::replace(&mut self.by_start, keep) {
+            if let Some(request) = self.requests.remove(&key) {
+                let indexes = if request.trace_id.is_some() && request.span_id.is_some() {
+                    6
+                } else {
+                    4
+                };
+                self.bytes -= crate::record::Record::Request(request).estimated_bytes()
+                    + indexes * INDEX_ENTRY_BYTES;
+            }
+        }
+        let keep = self.flows_by_start.split_off(&(t_ns, 0));
+        for (_, key) in std::mem::replace(&mut self.flows_by_start, keep) {
+            if let Some(flow) = self.flows.remove(&key) {
+                self.bytes -= flow_bytes(&flow) + 3 * INDEX_ENTRY_BYTES;
+            }
+        }
+        self.flow_ids.retain(|_, key| self.flows.contains_key(key));
+        for index in [
+            &mut self.by_header,
+            &mut self.by_trace,
+            &mut self.clients_by_call,
+            &mut self.servers_by_call,
+            &mut self.clients_by_process,
+            &mut self.servers_by_process,
+            &mut self.flows_by_path,
+        ] {
+            index.retain(|_, entries| {
+                entries.drain(..entries.partition_point(|e| e.0 < t_ns));
+                !entries.is_empty()
+            });
+        }
+        before - self.bytes
+    }
+
+    pub fn request(&self, key: u64) -> Option<&Request> {
+        self.requests.get(&key)
+    }
+
+    /// The span `key` hangs under, if any.
+    pub fn parent(&self, key: u64) -> Option<u64> {
+        let span = self.requests.get(&key)?;
+        match span.side {
+            Role::Server => self.server_parent(span),
+            Role::Client => self.client_parent(key, span),
+        }
+    }
+
+    /// The client span of the same call.
+    fn server_parent(&self, server: &Request) -> Option<u64> {
+        if let (Some(t), Some(s)) = (&server.trace_id, &server.span_id) {
+            let found = self
+                .candidates(&self.by_header, self.hash((t, s)), 0, u64::MAX)
+                .filter(|&(_, k)| {
+                    self.requests.get(&k).is_some_and(|c| {
+                        c.side == Role::Client
+                            && c.trace_id == server.trace_id
+                            && c.span_id == server.span_id
+                    })
+                })
+                .min_by_key(|&(start, _)| start.abs_diff(server.start_ns));
+            if let Some((_, k)) = found {
+                return Some(k);
+            }
+        }
+        let from = server.start_ns.saturating_sub(MAX_LEAD_NS);
+        self.candidates(
+            &self.clients_by_call,
+            self.call_key(server),
+            from,
+            server.start_ns + SKEW_NS,
+        )
+        .filter(|&(_, k)| {
+            self.requests
+                .get(&k)
+                .is_some_and(|c| is_same_call(c, server))
+        })
+        .min_by_key(|&(start, k)| (server.start_ns.abs_diff(start), k))
+        .map(|(_, k)| k)
+    }
+
+    /// The innermost server span of the same process in flight around the call.
+    fn client_parent(&self, key: u64, client: &Request) -> Option<u64> {
+        if client.pid == 0 {
+            return None;
+        }
+        let from = client.start_ns.saturating_sub(MAX_NESTING_NS);
+        self.candidates(
+            &self.servers_by_process,
+            self.process_key(client),
+            from,
+            client.start_ns,
+        )
+        .filter(|&(_, k)| {
+            k != key
+                && self.requests.get(&k).is_some_and(|s| {
+                    s.node == client.node
+                        && s.pid == client.pid
+                        && s.end_ns >= client.end_ns
+                        && compatible_traces(s, client)
+                })
+        })
+        .max_by_key(|&(start, k)| (start, k))
+        .map(|(_, k)| k)
+    }
+
+    /// Spans whose parent is `key`.
+    pub fn children(&self, key: u64) -> Vec<u64> {
+        let Some(span) = self.requests.get(&key) else {
+            return Vec::new();
+        };
+        let mut candidates: Vec<u64> = match span.side {
+            Role::Client => {
+                let mut c: Vec<u64> = self
+                    .candidates(
+                        &self.servers_by_call,
+                        self.call_key(span),
+                        span.start_ns.saturating_sub(SKEW_NS),
+                        span.end_ns + SKEW_NS,
+                    )
+                    .map(|e| e.1)
+                    .collect();
+                if let (Some(t), Some(s)) = (&span.trace_id, &span.span_id) {
+                    c.extend(
+                        self.candidates(&self.by_header, self.hash((t, s)), 0, u64::MAX)
+                            .map(|e| e.1),
+                    );
+                }
+                c
+            }
+            Role::Server => self
+                .candidates(
+                    &self.clients_by_process,
+                    self.process_key(span),
+                    span.start_ns,
+                    span.end_ns + 1,
+                )
+                .map(|e| e.1)
+                .collect(),
+        };
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.retain(|&c| c != key && self.parent(c) == Some(key));
+        candidates
+    }
+
+    /// Follows parents up to the root (bounded, in case records form a cycle).
+    pub fn root(&self, mut key: u64) -> u64 {
+        for _ in 0..64 {
+            match self.parent(key) {
+                Some(parent) => key = parent,
+                None => break,
+            }
+        }
+        key
+    }
+
+    /// The HBONE flow that carried a client span's call.
+    pub fn tunnel(&self, client: &Request) -> Option<&MeshFlow> {
+        let path = self.hash((&client.source.ip, &client.remote));
+        self.candidates(&self.flows_by_path, path, 0, client.start_ns + SKEW_NS)
+            .rev()
+            .filter_map(|(_, k)| self.flows.get(&k))
+            .find(|f| {
+                f.source.ip == client.source.ip
+                    && f.original_destination == client.remote
+                    && f.end_ns.is_none_or(|end| end + SKEW_NS >= client.start_ns)
+            })
+    }
+
+    /// Entries of `index[hash]` starting in `[from_ns, to_ns)`.
+    fn candidates<'a>(
+        &'a self,
+        index: &'a HashMap<u64, Entries>,
+        hash: u64,
+        from_ns: u64,
+        to_ns: u64,
+    ) -> impl DoubleEndedIterator<Item = (u64, u64)> + 'a {
+        let entries = index.get(&hash).map_or(&[][..], Vec::as_slice);
+        let lo = entries.partition_point(|e| e.0 < from_ns);
+        let hi = entries.partition_point(|e| e.0 < to_ns);
+        entries[lo..hi.max(lo)].iter().copied()
+    }
+
+    /// Request keys carrying `trace_id` in their traceparent.
+    fn with_trace_id(&self, trace_id: &str) -> Vec<u64> {
+        self.candidates(&self.by_trace, self.hash(trace_id), 0, u64::MAX)
+            .map(|e| e.1)
+            .filter(|k| {
+                self.requests
+                    .get(k)
+                    .is_some_and(|r| r.trace_id.as_deref() == Some(trace_id))
+            })
+            .collect()
+    }
+}
+
+/// Sorted insert; records mostly arrive in time order, so this is usually a push.
+fn insert(entries: &mut Entries, entry: (u64, u64)) {
+    let at = entries.partition_point(|e| *e < entry);
+    entries.insert(at, entry);
+}
+
+fn flow_bytes(flow: &MeshFlow) -> usize {
+    crate::record::Record::MeshFlow(flow.clone()).estimated_bytes()
+}
+
+/// Both sides of one call: same source ip, destination, method and path; the server's
+/// time inside the client's (give or take clock skew); the same trace if both carry one.
+fn is_same_call(client: &Request, server: &Request) -> bool {
+    let (c, s) = (&client.destination, &server.destination);
+    let same_destination = if c.workload.is_empty() {
+        c.ip == s.ip
+    } else {
+        c.workload == s.workload && c.namespace == s.namespace
+    };
+    client.side == Role::Client
+        && client.source.ip == server.source.ip
+        && same_destination
+        && client.method == server.method
+        && client.path == server.path
+        && client.start_ns <= server.start_ns + SKEW_NS
+        && server.end_ns <= client.end_ns + SKEW_NS
+        && compatible_traces(client, server)
+}
+
+fn compatible_traces(a: &Request, b: &Request) -> bool {
+    match (&a.trace_id, &b.trace_id) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests;

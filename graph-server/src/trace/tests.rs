@@ -1,0 +1,163 @@
+use super::*;
+use crate::fixture::{MS, T0, flow, request, server_side};
+use crate::record::Outcome;
+use view::SpanKind;
+
+/// frontend → checkout (10 ms) → payments (3 ms, answered 503), each call seen at both
+/// ends, the first hop through an HBONE tunnel.
+fn fan_out(store: &mut TraceStore) -> (Request, Request, Request, Request) {
+    let front = request("frontend", "checkout", T0, 10_000, 200);
+    let checkout_in = server_side(&front, 7);
+    let mut checkout_out = request("checkout", "payments", T0 + 2 * MS, 3_000, 503);
+    checkout_out.node = "node-b".into();
+    checkout_out.pid = 7;
+    let mut payments_in = server_side(&checkout_out, 9);
+    payments_in.node = "node-c".into();
+    // Out of order, as batches from three nodes would arrive.
+    store.add_request(payments_in.clone());
+    store.add_request(checkout_out.clone());
+    store.add_request(checkout_in.clone());
+    store.add_request(front.clone());
+    let mut tunnel = flow("frontend", "checkout", T0 + 20 * MS, Outcome::Closed);
+    tunnel.start_ns = T0 - MS;
+    tunnel.tunnel_setup_us = Some(900);
+    store.add_flow(&tunnel);
+    (front, checkout_in, checkout_out, payments_in)
+}
+
+fn shape(view: &TraceView) -> Vec<(SpanKind, &str, &str, Option<usize>)> {
+    let index = |id: &Option<String>| {
+        id.as_ref().map(|id| {
+            view.spans
+                .iter()
+                .position(|s| &s.span_id == id)
+                .expect("parent in trace")
+        })
+    };
+    view.spans
+        .iter()
+        .map(|s| {
+            (
+                s.kind,
+                s.service.as_str(),
+                s.operation.as_str(),
+                index(&s.parent_span_id),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn spans_nest_across_proxies_and_processes_without_traceparent() {
+    let mut store = TraceStore::new();
+    fan_out(&mut store);
+    let found = store.search(&TraceQuery {
+        service: Some("payments".into()),
+        until_ns: u64::MAX,
+        limit: 10,
+        ..TraceQuery::default()
+    });
+    assert_eq!(found.len(), 1);
+    let summary = &found[0];
+    assert_eq!(summary.root_service, "frontend");
+    assert_eq!(summary.root_operation, "GET /checkout");
+    assert_eq!(summary.span_count, 5);
+    assert_eq!(summary.error_count, 2, "payments' 503 at both ends");
+    assert_eq!(summary.duration_us, 10_000);
+    assert_eq!(summary.services, ["checkout", "frontend", "payments"]);
+    assert!(summary.trace_id.starts_with("6e657068696c6961"));
+
+    let view = store.trace(&summary.trace_id).expect("trace by its id");
+    assert_eq!(
+        shape(&view),
+        [
+            (SpanKind::Client, "frontend", "GET /checkout", None),
+            (SpanKind::Tunnel, "ztunnel", "HBONE connect", Some(0)),
+            (SpanKind::Server, "checkout", "GET /checkout", Some(1)),
+            (SpanKind::Client, "checkout", "GET /payments", Some(2)),
+            (SpanKind::Server, "payments", "GET /payments", Some(3)),
+        ]
+    );
+    let tunnel = &view.spans[1];
+    assert_eq!(tunnel.attributes["tunnel_setup_us"], "900");
+    assert_eq!(
+        tunnel.attributes["destination.identity"],
+        "spiffe://cluster.local/ns/shop/sa/checkout"
+    );
+    assert_eq!(view.spans[4].attributes["http.status_code"], "503");
+}
+
+#[test]
+fn traceparent_ids_stitch_and_name_the_trace() {
+    let mut store = TraceStore::new();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut client = request("frontend", "checkout", T0, 5_000, 200);
+    client.trace_id = Some(trace.into());
+    client.span_id = Some("00f067aa0ba902b7".into());
+    // A different source ip would defeat the proxy join: only the header links them.
+    let mut server = server_side(&client, 7);
+    server.source.ip = "10.9.9.9".into();
+    store.add_request(client);
+    store.add_request(server);
+    let view = store.trace(trace).expect("trace by traceparent id");
+    assert_eq!(view.summary.trace_id, trace);
+    assert_eq!(view.spans.len(), 2);
+    assert_eq!(view.spans[0].span_id, "00f067aa0ba902b7");
+    assert_eq!(
+        view.spans[1].parent_span_id.as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+}
+
+#[test]
+fn search_filters_by_duration_error_operation_and_attributes() {
+    let mut store = TraceStore::new();
+    fan_out(&mut store);
+    let mut other = request("frontend", "search", T0 + 100 * MS, 50_000, 200);
+    other.pid = 0;
+    store.add_request(other);
+    let q = |f: &dyn Fn(&mut TraceQuery)| {
+        let mut query = TraceQuery {
+            until_ns: u64::MAX,
+            limit: 10,
+            ..TraceQuery::default()
+        };
+        f(&mut query);
+        store
+            .search(&query)
+            .into_iter()
+            .map(|t| t.root_operation)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(q(&|_| {}), ["GET /search", "GET /checkout"]);
+    assert_eq!(q(&|q| q.min_duration_us = Some(20_000)), ["GET /search"]);
+    assert_eq!(q(&|q| q.max_duration_us = Some(3_000)), ["GET /checkout"]);
+    assert_eq!(q(&|q| q.error = Some(true)), ["GET /checkout"]);
+    assert_eq!(
+        q(&|q| q.operation = Some("GET /payments".into())),
+        ["GET /checkout"]
+    );
+    assert_eq!(
+        q(&|q| q.attributes = vec![("http.status_code".into(), "503".into())]),
+        ["GET /checkout"]
+    );
+    assert_eq!(q(&|q| q.since_ns = T0 + 50 * MS), ["GET /search"]);
+    assert_eq!(q(&|q| q.limit = 1), ["GET /search"]);
+}
+
+#[test]
+fn eviction_forgets_old_spans_and_their_bytes() {
+    let mut store = TraceStore::new();
+    fan_out(&mut store);
+    assert_eq!(store.span_count(), 4);
+    let bytes = store.bytes();
+    let freed = store.evict_before(T0 + MS);
+    assert_eq!(
+        store.span_count(),
+        2,
+        "the two spans of the payments call remain"
+    );
+    assert_eq!(store.bytes(), bytes - freed);
+    store.evict_before(u64::MAX);
+    assert_eq!((store.span_count(), store.bytes()), (0, 0));
+}

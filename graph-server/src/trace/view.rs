@@ -1,0 +1,379 @@
+//! Trace assembly and search over the [`TraceStore`].
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Serialize;
+
+use super::TraceStore;
+use crate::record::{MeshFlow, Request, Role};
+
+/// "nephilia" in ASCII: the first half of trace ids the server made up.
+const SYNTHETIC_TRACE: u64 = 0x6e65_7068_696c_6961;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanKind {
+    Client,
+    Server,
+    /// The HBONE tunnel ztunnel carried the call through.
+    Tunnel,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpanView {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub kind: SpanKind,
+    /// The workload the span ran in (the source for client spans, the destination for
+    /// server spans, "ztunnel" for tunnel spans); the ip when the workload is unknown.
+    pub service: String,
+    pub operation: String,
+    pub start_ns: u64,
+    pub duration_us: u64,
+    pub error: bool,
+    pub node: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    pub root_service: String,
+    pub root_operation: String,
+    pub start_ns: u64,
+    pub duration_us: u64,
+    pub span_count: usize,
+    pub error_count: usize,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceView {
+    #[serde(flatten)]
+    pub summary: TraceSummary,
+    /// Parents before children, siblings by start time.
+    pub spans: Vec<SpanView>,
+}
+
+/// `GET /api/v1/traces` filters; a trace matches when one of its spans matches all.
+#[derive(Debug, Clone, Default)]
+pub struct TraceQuery {
+    pub service: Option<String>,
+    pub operation: Option<String>,
+    pub min_duration_us: Option<u64>,
+    pub max_duration_us: Option<u64>,
+    pub error: Option<bool>,
+    pub since_ns: u64,
+    pub until_ns: u64,
+    /// key=value pairs matched against span attributes.
+    pub attributes: Vec<(String, String)>,
+    pub limit: usize,
+}
+
+fn span_id(key: u64) -> String {
+    format!("{:016x}", key.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+}
+
+fn service_of(request: &Request) -> String {
+    let peer = match request.side {
+        Role::Client => &request.source,
+        Role::Server => &request.destination,
+    };
+    if peer.workload.is_empty() {
+        peer.ip.clone()
+    } else {
+        peer.workload.clone()
+    }
+}
+
+fn attributes(request: &Request) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        if !v.is_empty() {
+            a.insert(k.to_owned(), v);
+        }
+    };
+    put("protocol", request.protocol.as_str().to_owned());
+    put("http.method", request.method.clone());
+    put("http.path", request.path.clone());
+    put("http.authority", request.authority.clone());
+    put(
+        "http.status_code",
+        request.status.map(|s| s.to_string()).unwrap_or_default(),
+    );
+    put(
+        "grpc.status",
+        request
+            .grpc_status
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
+    );
+    put(
+        "grpc.message",
+        request.grpc_message.clone().unwrap_or_default(),
+    );
+    put("request_bytes", request.request_bytes.to_string());
+    put("response_bytes", request.response_bytes.to_string());
+    put("source.workload", request.source.workload.clone());
+    put("source.namespace", request.source.namespace.clone());
+    put("source.identity", request.source.identity.clone());
+    put("source.ip", request.source.ip.clone());
+    put("destination.workload", request.destination.workload.clone());
+    put(
+        "destination.namespace",
+        request.destination.namespace.clone(),
+    );
+    put("destination.service", request.destination.service.clone());
+    put("destination.identity", request.destination.identity.clone());
+    put("destination.ip", request.destination.ip.clone());
+    put("local", request.local.clone());
+    put("remote", request.remote.clone());
+    put("pid", request.pid.to_string());
+    put(
+        "traceparent.trace_id",
+        request.trace_id.clone().unwrap_or_default(),
+    );
+    put(
+        "traceparent.span_id",
+        request.span_id.clone().unwrap_or_default(),
+    );
+    a
+}
+
+fn duration_us(request: &Request) -> u64 {
+    if request.latency_us > 0 {
+        request.latency_us
+    } else {
+        (request.end_ns - request.start_ns) / 1000
+    }
+}
+
+impl TraceStore {
+    fn trace_id_of(&self, root: u64) -> String {
+        match self.requests.get(&root).and_then(|r| r.trace_id.clone()) {
+            Some(id) => id,
+            None => format!("{SYNTHETIC_TRACE:016x}{root:016x}"),
+        }
+    }
+
+    /// Roots of the trace `trace_id`.
+    fn roots_of(&self, trace_id: &str) -> Vec<u64> {
+        let synthetic = u64::from_str_radix(trace_id.get(..16).unwrap_or(""), 16).ok();
+        let mut roots: Vec<u64> = if trace_id.len() == 32 && synthetic == Some(SYNTHETIC_TRACE) {
+            u64::from_str_radix(&trace_id[16..], 16)
+                .ok()
+                .filter(|k| self.requests.contains_key(k))
+                .map(|k| vec![self.root(k)])
+                .unwrap_or_default()
+        } else {
+            self.with_trace_id(trace_id)
+                .into_iter()
+                .map(|k| self.root(k))
+                .collect()
+        };
+        roots.sort_unstable();
+        roots.dedup();
+        roots
+    }
+
+    /// `GET /api/v1/traces/{trace_id}`.
+    pub fn trace(&self, trace_id: &str) -> Option<TraceView> {
+        let roots = self.roots_of(trace_id);
+        if roots.is_empty() {
+            return None;
+        }
+        Some(self.assemble(&roots))
+    }
+
+    fn assemble(&self, roots: &[u64]) -> TraceView {
+        let trace_id = self.trace_id_of(roots[0]);
+        let mut spans = Vec::new();
+        let mut seen = HashSet::new();
+        let mut roots: Vec<u64> = roots.to_vec();
+        roots.sort_by_key(|k| (self.requests[k].start_ns, *k));
+        for root in roots {
+            self.walk(root, None, &trace_id, &mut spans, &mut seen);
+        }
+        let start_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or_default();
+        let end_ns = spans
+            .iter()
+            .map(|s| s.start_ns + s.duration_us * 1000)
+            .max()
+            .unwrap_or_default();
+        let mut services: Vec<String> = spans
+            .iter()
+            .filter(|s| s.kind != SpanKind::Tunnel)
+            .map(|s| s.service.clone())
+            .collect();
+        services.sort();
+        services.dedup();
+        let summary = TraceSummary {
+            trace_id,
+            root_service: spans.first().map(|s| s.service.clone()).unwrap_or_default(),
+            root_operation: spans
+                .first()
+                .map(|s| s.operation.clone())
+                .unwrap_or_default(),
+            start_ns,
+            duration_us: (end_ns - start_ns) / 1000,
+            span_count: spans.len(),
+            error_count: spans.iter().filter(|s| s.error).count(),
+            services,
+        };
+        TraceView { summary, spans }
+    }
+
+    /// Depth-first: the span, then (for client spans) the tunnel, then children.
+    fn walk(
+        &self,
+        key: u64,
+        parent: Option<String>,
+        trace_id: &str,
+        out: &mut Vec<SpanView>,
+        seen: &mut HashSet<u64>,
+    ) {
+        if !seen.insert(key) {
+            return;
+        }
+        let request = &self.requests[&key];
+        let id = match (request.side, &request.span_id) {
+            (Role::Client, Some(header)) => header.clone(),
+            _ => span_id(key),
+        };
+        out.push(SpanView {
+            trace_id: trace_id.to_owned(),
+            span_id: id.clone(),
+            parent_span_id: parent,
+            kind: match request.side {
+                Role::Client => SpanKind::Client,
+                Role::Server => SpanKind::Server,
+            },
+            service: service_of(request),
+            operation: request.operation(),
+            start_ns: request.start_ns,
+            duration_us: duration_us(request),
+            error: request.is_error(),
+            node: request.node.clone(),
+            attributes: attributes(request),
+        });
+        let mut parent_of_children = id;
+        if request.side == Role::Client
+            && let Some(flow) = self.tunnel(request)
+        {
+            let tunnel = tunnel_span(trace_id, &parent_of_children, key, request, flow);
+            parent_of_children = tunnel.span_id.clone();
+            out.push(tunnel);
+        }
+        let mut children = self.children(key);
+        children.sort_by_key(|k| (self.requests[k].start_ns, *k));
+        for child in children {
+            self.walk(child, Some(parent_of_children.clone()), trace_id, out, seen);
+        }
+    }
+
+    /// `GET /api/v1/traces`: summaries of the newest traces with a matching span.
+    pub fn search(&self, query: &TraceQuery) -> Vec<TraceSummary> {
+        let mut found = Vec::new();
+        let mut seen_roots = HashSet::new();
+        let mut seen_ids = HashSet::new();
+        let range = (query.since_ns, 0)..(query.until_ns.saturating_add(1), 0);
+        for &(_, key) in self.by_start.range(range).rev() {
+            if found.len() >= query.limit {
+                break;
+            }
+            let request = &self.requests[&key];
+            if !span_matches(request, query) {
+                continue;
+            }
+            let root = self.root(key);
+            if !seen_roots.insert(root) {
+                continue;
+            }
+            let trace_id = self.trace_id_of(root);
+            if !seen_ids.insert(trace_id.clone()) {
+                continue;
+            }
+            let roots = if request.trace_id.is_some() || self.requests[&root].trace_id.is_some() {
+                self.roots_of(&trace_id)
+            } else {
+                vec![root]
+            };
+            found.push(self.assemble(&roots).summary);
+        }
+        found
+    }
+}
+
+fn span_matches(request: &Request, q: &TraceQuery) -> bool {
+    let duration = duration_us(request);
+    q.service.as_ref().is_none_or(|s| *s == service_of(request))
+        && q.operation
+            .as_ref()
+            .is_none_or(|o| *o == request.operation())
+        && q.min_duration_us.is_none_or(|min| duration >= min)
+        && q.max_duration_us.is_none_or(|max| duration <= max)
+        && q.error.is_none_or(|e| e == request.is_error())
+        && (q.attributes.is_empty() || {
+            let a = attributes(request);
+            q.attributes.iter().all(|(k, v)| a.get(k) == Some(v))
+        })
+}
+
+fn tunnel_span(
+    trace_id: &str,
+    parent: &str,
+    client_key: u64,
+    client: &Request,
+    flow: &MeshFlow,
+) -> SpanView {
+    let mut a = BTreeMap::new();
+    a.insert("mesh.path".to_owned(), "hbone".to_owned());
+    a.insert("mesh.mtls".to_owned(), flow.mtls.to_string());
+    a.insert("mesh.node".to_owned(), flow.node.clone());
+    a.insert(
+        "mesh.original_destination".to_owned(),
+        flow.original_destination.clone(),
+    );
+    a.insert("mesh.outcome".to_owned(), flow.outcome.as_str().to_owned());
+    a.insert("source.identity".to_owned(), flow.source.identity.clone());
+    a.insert(
+        "destination.identity".to_owned(),
+        flow.destination.identity.clone(),
+    );
+    a.insert("mesh.flow_start_ns".to_owned(), flow.start_ns.to_string());
+    for (k, v) in [
+        ("tunnel_setup_us", flow.tunnel_setup_us),
+        ("tunnel_connect_us", flow.tunnel_connect_us),
+    ] {
+        if let Some(v) = v {
+            a.insert(k.to_owned(), v.to_string());
+        }
+    }
+    if let Some(reused) = flow.tunnel_reused {
+        a.insert("tunnel_reused".to_owned(), reused.to_string());
+    }
+    // The tunnel was set up for this call if the connection opened with it; a reused or
+    // earlier connection carried it without setup cost.
+    let first_on_connection = flow.start_ns + SKEW_NS_FOR_SETUP >= client.start_ns;
+    let operation = if first_on_connection && flow.tunnel_setup_us.is_some() {
+        "HBONE connect"
+    } else {
+        "HBONE stream"
+    };
+    SpanView {
+        trace_id: trace_id.to_owned(),
+        span_id: span_id(client_key ^ 0x7475_6e6e_656c),
+        parent_span_id: Some(parent.to_owned()),
+        kind: SpanKind::Tunnel,
+        service: "ztunnel".to_owned(),
+        operation: operation.to_owned(),
+        start_ns: client.start_ns,
+        duration_us: duration_us(client),
+        error: !matches!(flow.outcome.as_str(), "closed" | "open"),
+        node: flow.node.clone(),
+        attributes: a,
+    }
+}
+
+/// A call starting within this long after its connection opened is its first call.
+const SKEW_NS_FOR_SETUP: u64 = 100_000_000;
