@@ -24,7 +24,7 @@ use crate::netns::{self, Netns};
 use crate::scenario::{PodSpec, PolicySpec, Scenario};
 use crate::topology::Names;
 
-pub use pool::{ConnectPool, MAX_STREAMS_PER_CONNECTION, PoolKey};
+pub use pool::{ConnectPool, MAX_STREAMS_PER_CONNECTION, PoolKey, UNUSED_RELEASE_TIMEOUT};
 
 /// Outbound capture port.
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -293,6 +293,14 @@ impl HboneProxy {
             pool: ConnectPool::default(),
             counters: Counters::default(),
             events: context.events.clone(),
+        });
+        let sweeper = shared.clone();
+        runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(UNUSED_RELEASE_TIMEOUT / 10);
+            loop {
+                ticks.tick().await;
+                sweeper.pool.release_unused(UNUSED_RELEASE_TIMEOUT);
+            }
         });
         let mut pods = HashMap::new();
         for spec in scenario

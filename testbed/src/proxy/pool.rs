@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -15,6 +16,9 @@ use hyper::client::conn::http2::SendRequest;
 
 /// Most CONNECT streams one pooled HTTP/2 connection carries (ztunnel's default).
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// A pooled connection without streams for this long is closed (ztunnel's
+/// `POOL_UNUSED_RELEASE_TIMEOUT`, 5 minutes by default).
+pub const UNUSED_RELEASE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What makes two flows share a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,6 +35,25 @@ pub type Sender = SendRequest<Empty<Bytes>>;
 struct PooledConnection {
     sender: Sender,
     streams: Arc<AtomicUsize>,
+    /// When the last stream ended (or the connection opened).
+    idle_since: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl PooledConnection {
+    fn lease(&self) -> StreamLease {
+        StreamLease {
+            streams: self.streams.clone(),
+            idle_since: self.idle_since.clone(),
+        }
+    }
+
+    fn unused_for(&self, now: Instant) -> Option<Duration> {
+        if self.streams.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        Some(now.saturating_duration_since(since))
+    }
 }
 
 /// Pooled HBONE connections of one proxy.
@@ -42,11 +65,14 @@ pub struct ConnectPool {
 /// A claim on one stream of a pooled connection; released on drop.
 pub struct StreamLease {
     streams: Arc<AtomicUsize>,
+    idle_since: Arc<std::sync::Mutex<Instant>>,
 }
 
 impl Drop for StreamLease {
     fn drop(&mut self) {
-        self.streams.fetch_sub(1, Ordering::AcqRel);
+        if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
     }
 }
 
@@ -88,24 +114,47 @@ impl ConnectPool {
             if claimed.is_ok() {
                 return Ok(Checkout {
                     sender: connection.sender.clone(),
-                    lease: StreamLease {
-                        streams: connection.streams.clone(),
-                    },
+                    lease: connection.lease(),
                     reused: true,
                 });
             }
         }
         let sender = dial().await?;
-        let streams = Arc::new(AtomicUsize::new(1));
-        connections.push(PooledConnection {
+        let connection = PooledConnection {
             sender: sender.clone(),
-            streams: streams.clone(),
-        });
+            streams: Arc::new(AtomicUsize::new(1)),
+            idle_since: Arc::new(std::sync::Mutex::new(Instant::now())),
+        };
+        let lease = connection.lease();
+        connections.push(connection);
         Ok(Checkout {
             sender,
-            lease: StreamLease { streams },
+            lease,
             reused: false,
         })
+    }
+
+    /// Closes connections unused for `timeout` (dropping the last sender ends the
+    /// HTTP/2 connection) and forgets closed ones.
+    pub fn release_unused(&self, timeout: Duration) {
+        let now = Instant::now();
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        slots.retain(|_, slot| {
+            // A slot being dialled is busy, not unused.
+            let Ok(mut connections) = slot.try_lock() else {
+                return true;
+            };
+            connections.retain(|connection| {
+                !connection.sender.is_closed()
+                    && connection
+                        .unused_for(now)
+                        .is_none_or(|unused| unused < timeout)
+            });
+            !connections.is_empty()
+        });
     }
 
     /// Number of open pooled connections.
@@ -119,5 +168,97 @@ impl ConnectPool {
             .filter_map(|slot| slot.try_lock().ok())
             .map(|connections| connections.iter().filter(|c| !c.sender.is_closed()).count())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    /// An HTTP/2 client over an in-memory pipe to a server that answers nothing.
+    async fn connection() -> Result<Sender, hyper::Error> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server), service)
+                .await;
+        });
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(client))
+            .await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    fn key(destination: &str) -> PoolKey {
+        PoolKey {
+            source_identity: "spiffe://cluster.local/ns/a/sa/a".into(),
+            destination_identities: vec!["spiffe://cluster.local/ns/b/sa/b".into()],
+            source: "10.0.0.1".parse().unwrap(),
+            destination: destination.parse().unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn flows_with_one_key_share_a_connection_up_to_the_stream_limit() {
+        let pool = ConnectPool::default();
+        let mut leases = Vec::new();
+        for _ in 0..MAX_STREAMS_PER_CONNECTION {
+            leases.push(
+                pool.checkout(key("10.0.0.2:15008"), connection)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(leases.iter().filter(|c| !c.reused).count(), 1);
+        assert_eq!(pool.connections(), 1);
+        // Stream 101 needs a second connection; another destination needs its own.
+        let extra = pool
+            .checkout(key("10.0.0.2:15008"), connection)
+            .await
+            .unwrap();
+        assert!(!extra.reused);
+        let other = pool
+            .checkout(key("10.0.0.3:15008"), connection)
+            .await
+            .unwrap();
+        assert!(!other.reused);
+        assert_eq!(pool.connections(), 3);
+        // A freed stream is reused before anything new is dialled.
+        leases.pop();
+        let again = pool
+            .checkout(key("10.0.0.2:15008"), connection)
+            .await
+            .unwrap();
+        assert!(again.reused);
+    }
+
+    #[tokio::test]
+    async fn unused_connections_are_released() {
+        let pool = ConnectPool::default();
+        let busy = pool
+            .checkout(key("10.0.0.2:15008"), connection)
+            .await
+            .unwrap();
+        let idle = pool
+            .checkout(key("10.0.0.3:15008"), connection)
+            .await
+            .unwrap();
+        drop(idle);
+        pool.release_unused(Duration::ZERO);
+        assert_eq!(
+            pool.connections(),
+            1,
+            "only the connection with a stream stays"
+        );
+        drop(busy);
+        pool.release_unused(Duration::from_secs(60));
+        assert_eq!(pool.connections(), 1, "not unused for long enough yet");
+        pool.release_unused(Duration::ZERO);
+        assert_eq!(pool.connections(), 0);
     }
 }
