@@ -210,19 +210,87 @@ impl ServerCertVerifier for IdentityVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+    const SERVER: &str = "spiffe://cluster.local/ns/shop/sa/checkout";
 
     #[test]
     fn issued_certificate_carries_the_spiffe_identity() {
         let ca = TestCa::generate().expect("CA");
-        let cert = ca
-            .issue("spiffe://cluster.local/ns/shop/sa/frontend")
-            .expect("leaf");
-        assert_eq!(
-            spiffe_identity(&cert.chain[0]).as_deref(),
-            Some("spiffe://cluster.local/ns/shop/sa/frontend")
-        );
-        ca.server_config(&cert).expect("server config");
-        ca.client_config(&cert, "spiffe://cluster.local/ns/shop/sa/checkout")
-            .expect("client config");
+        let cert = ca.issue(CLIENT).expect("leaf");
+        assert_eq!(spiffe_identity(&cert.chain[0]).as_deref(), Some(CLIENT));
+    }
+
+    /// Runs one handshake over an in-memory pipe; returns what each side saw.
+    async fn handshake(
+        server_ca: &TestCa,
+        client_ca: &TestCa,
+        expected_server: &str,
+    ) -> Result<
+        (
+            rustls::ProtocolVersion,
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<String>,
+        ),
+        String,
+    > {
+        let server_config = server_ca
+            .server_config(&server_ca.issue(SERVER).unwrap())
+            .unwrap();
+        let client_config = client_ca
+            .client_config(&client_ca.issue(CLIENT).unwrap(), expected_server)
+            .unwrap();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let tls = TlsAcceptor::from(server_config).accept(server_io).await;
+            tls.map(|tls| {
+                let (_, connection) = tls.get_ref();
+                let identity = connection
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(spiffe_identity);
+                (identity, connection.server_name().map(str::to_owned))
+            })
+            .map_err(|e| e.to_string())
+        });
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::new(10, 0, 0, 1).into());
+        let client = TlsConnector::from(client_config)
+            .connect(name, client_io)
+            .await
+            .map_err(|e| e.to_string());
+        let server = server.await.unwrap();
+        // The side that refused tells why; the other only saw an alert.
+        let client = client?;
+        let (peer_identity, sni) = server?;
+        let (_, connection) = client.get_ref();
+        Ok((
+            connection.protocol_version().unwrap(),
+            connection.alpn_protocol().map(<[u8]>::to_vec),
+            peer_identity,
+            sni,
+        ))
+    }
+
+    #[tokio::test]
+    async fn hbone_handshake_is_tls13_h2_with_both_identities() {
+        let ca = TestCa::generate().unwrap();
+        let (version, alpn, client_identity, sni) = handshake(&ca, &ca, SERVER).await.unwrap();
+        assert_eq!(version, rustls::ProtocolVersion::TLSv1_3);
+        assert_eq!(sni, None, "ztunnel sends no SNI");
+        assert_eq!(alpn.as_deref(), Some(ALPN_H2));
+        assert_eq!(client_identity.as_deref(), Some(CLIENT));
+    }
+
+    #[tokio::test]
+    async fn wrong_identity_or_foreign_ca_is_refused() {
+        let ca = TestCa::generate().unwrap();
+        let error = handshake(&ca, &ca, "spiffe://cluster.local/ns/shop/sa/other")
+            .await
+            .unwrap_err();
+        assert!(error.contains("is not the expected"), "{error}");
+        let foreign = TestCa::generate().unwrap();
+        assert!(handshake(&ca, &foreign, SERVER).await.is_err());
     }
 }
