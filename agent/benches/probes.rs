@@ -3,6 +3,7 @@
 //! buffer, as in production) move a fixed amount of data over loopback:
 //! - short: sequential connections, each 64 bytes each way then closed (connections/s);
 //! - long: 4 parallel connections streaming 128 MiB each to a sink (throughput).
+//!
 //! Medians per mode are printed side by side with their ratio.
 
 use std::{

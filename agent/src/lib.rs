@@ -4,12 +4,15 @@
 //! 1. `probes`: loads the kernel programs of `ebpf/` with offsets from `kernel_offsets`.
 //! 2. `connection_table`: turns their ring-buffer events into `record::ConnectionRecord`s.
 //! 3. `observe`: drives both and hands records to a sink (JSON lines on stdout).
+//! 4. `metadata`: names the addresses (static file, Kubernetes or none).
+//!
 //! `check` tells whether this node can run any of it.
 
 pub mod check;
 pub mod clock;
 pub mod connection_table;
 pub mod kernel_offsets;
+pub mod metadata;
 pub mod observe;
 pub mod probes;
 pub mod record;

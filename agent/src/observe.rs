@@ -160,8 +160,11 @@ fn warn_on_new_failures(before: &[(ProbeFailure, u64)], after: &[(ProbeFailure, 
 /// drive traffic from the calling thread.
 pub struct BackgroundObserver {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(Vec<Record>, Summary)>>>,
+    thread: Option<std::thread::JoinHandle<Result<Observed>>>,
 }
+
+/// Every record of an observation, and its summary.
+pub type Observed = (Vec<Record>, Summary);
 
 impl BackgroundObserver {
     /// Loads and attaches the programs, and returns once they are attached.
@@ -208,11 +211,11 @@ impl BackgroundObserver {
     }
 
     /// Stops observing, detaches the programs and returns everything recorded.
-    pub fn stop(mut self) -> Result<(Vec<Record>, Summary)> {
+    pub fn stop(mut self) -> Result<Observed> {
         self.finish()
     }
 
-    fn finish(&mut self) -> Result<(Vec<Record>, Summary)> {
+    fn finish(&mut self) -> Result<Observed> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

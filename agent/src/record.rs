@@ -89,6 +89,8 @@ pub struct ConnectionRecord {
     /// That process's `comm`.
     pub comm: String,
     pub role: ConnectionRole,
+    /// Unix time (ns) the owner first sent or received payload; absent if it never did.
+    pub first_data_ns: Option<u64>,
     /// `ip:port` of this socket.
     pub local: String,
     /// `ip:port` of the peer.
@@ -135,6 +137,7 @@ impl ConnectionRecord {
             pid: state.pid,
             comm: comm(&state.comm),
             role,
+            first_data_ns: (state.first_data_ns != 0).then(|| clock.unix_ns(state.first_data_ns)),
             local: endpoint(&state.local).to_string(),
             remote: endpoint(&state.remote).to_string(),
             bytes_sent: state.bytes_sent,

@@ -67,6 +67,10 @@ pub struct ConnectionState {
     pub established_ns: u64,
     /// When the socket entered `TCP_CLOSE`; 0 while open.
     pub close_ns: u64,
+    /// When the owner first sent or received payload; 0 if it never did. For a proxy's
+    /// accepted socket this is when it started relaying (ztunnel only relays after the
+    /// tunnel's CONNECT was answered), the end of the tunnel setup.
+    pub first_data_ns: u64,
     /// Payload bytes the socket's owner sent (`sock_sendmsg` return values).
     pub bytes_sent: u64,
     /// Payload bytes the socket's owner received (`sock_recvmsg` return values, peeks excluded).

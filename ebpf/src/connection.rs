@@ -145,6 +145,7 @@ fn open(sk: Sock, role: Role, new_state: i32) -> Result<(), ProbeFailure> {
     state.start_ns = now;
     state.established_ns = 0;
     state.close_ns = 0;
+    state.first_data_ns = 0;
     state.bytes_sent = 0;
     state.bytes_received = 0;
     state.role = role as u8;
@@ -172,7 +173,7 @@ fn open(sk: Sock, role: Role, new_state: i32) -> Result<(), ProbeFailure> {
         }
     }
     CONNECTIONS
-        .insert(state.cookie, &*state, BPF_ANY.into())
+        .insert(state.cookie, *state, BPF_ANY.into())
         .map_err(|_| ProbeFailure::SetStateMapFull)?;
     emit(ConnectionEventKind::Opened, state).map_err(|()| ProbeFailure::SetStateRingBufferFull)
 }
@@ -243,6 +244,9 @@ fn count_bytes(sk: Sock, bytes: u64, direction: Direction) {
     let Some(state) = tracked(sk) else {
         return;
     };
+    if state.first_data_ns == 0 {
+        state.first_data_ns = now();
+    }
     let counter = match direction {
         Direction::Sent => &raw mut state.bytes_sent,
         Direction::Received => &raw mut state.bytes_received,
