@@ -4,6 +4,7 @@
 //! kustomize manifests are the Helm chart rendered with its default values.
 
 mod helm_template;
+mod manifest_set;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,227 +12,11 @@ use std::{
     path::Path,
 };
 
-use k8s_openapi::api::{
-    apps::v1::{DaemonSet, Deployment},
-    core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
-};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use nephilia_deploy_tests::{CHART_DIR, KUSTOMIZE_DIR};
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 
-use helm_template::{Release, render_chart};
-
-const NAMESPACE: &str = "nephilia-system";
-const RELEASE: Release<'static> = Release {
-    name: "nephilia",
-    namespace: NAMESPACE,
-};
-
-/// A manifest document, as read and as the API types understood it.
-#[derive(Debug, Clone)]
-struct Manifest {
-    /// Where it came from, for messages.
-    source: String,
-    raw: Value,
-    object: Object,
-}
-
-#[derive(Debug, Clone)]
-enum Object {
-    DaemonSet(Box<DaemonSet>),
-    Deployment(Box<Deployment>),
-    Service(Box<Service>),
-    ServiceAccount(Box<ServiceAccount>),
-    ClusterRole(Box<ClusterRole>),
-    ClusterRoleBinding(Box<ClusterRoleBinding>),
-    Namespace(Box<Namespace>),
-}
-
-impl Manifest {
-    fn kind(&self) -> &str {
-        self.raw["kind"].as_str().unwrap_or_default()
-    }
-
-    fn name(&self) -> &str {
-        self.raw["metadata"]["name"].as_str().unwrap_or_default()
-    }
-
-    fn key(&self) -> (String, String) {
-        (self.kind().to_owned(), self.name().to_owned())
-    }
-}
-
-/// Parses `raw` as `T`, and requires that serializing it back gives `raw` again: the
-/// API types ignore fields they do not know, so a misspelt field would otherwise pass.
-fn typed<T: DeserializeOwned + serde::Serialize>(raw: &Value, source: &str) -> T {
-    let object: T = serde_json::from_value(raw.clone())
-        .unwrap_or_else(|e| panic!("{source}: not a valid {}: {e}", raw["kind"]));
-    let again = serde_json::to_value(&object).expect("serializing an API object");
-    assert_eq!(
-        &again, raw,
-        "{source}: {} {} has fields or values the API types do not keep",
-        raw["kind"], raw["metadata"]["name"]
-    );
-    object
-}
-
-fn parse_documents(text: &str, source: &str) -> Vec<Manifest> {
-    let mut manifests = Vec::new();
-    let mut document = String::new();
-    for line in text.lines().chain(std::iter::once("---")) {
-        if line.trim_end() == "---" {
-            let raw: Value = serde_yaml_ng::from_str(&document)
-                .unwrap_or_else(|e| panic!("{source}: invalid YAML: {e}\n{document}"));
-            document.clear();
-            if raw.is_null() {
-                continue;
-            }
-            let object = match raw["kind"].as_str() {
-                Some("DaemonSet") => Object::DaemonSet(typed(&raw, source)),
-                Some("Deployment") => Object::Deployment(typed(&raw, source)),
-                Some("Service") => Object::Service(typed(&raw, source)),
-                Some("ServiceAccount") => Object::ServiceAccount(typed(&raw, source)),
-                Some("ClusterRole") => Object::ClusterRole(typed(&raw, source)),
-                Some("ClusterRoleBinding") => Object::ClusterRoleBinding(typed(&raw, source)),
-                Some("Namespace") => Object::Namespace(typed(&raw, source)),
-                other => panic!("{source}: unexpected kind {other:?}"),
-            };
-            manifests.push(Manifest {
-                source: source.to_owned(),
-                raw,
-                object,
-            });
-        } else {
-            document.push_str(line);
-            document.push('\n');
-        }
-    }
-    manifests
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Kustomization {
-    #[serde(rename = "apiVersion")]
-    api_version: String,
-    kind: String,
-    namespace: String,
-    resources: Vec<String>,
-}
-
-fn kustomization() -> Kustomization {
-    let path = Path::new(KUSTOMIZE_DIR).join("kustomization.yaml");
-    let text = fs::read_to_string(&path).expect("reading kustomization.yaml");
-    serde_yaml_ng::from_str(&text).expect("parsing kustomization.yaml")
-}
-
-/// What `kubectl apply -k deploy/kustomize` applies.
-fn kustomize_manifests() -> Vec<Manifest> {
-    kustomization()
-        .resources
-        .iter()
-        .flat_map(|file| {
-            let path = Path::new(KUSTOMIZE_DIR).join(file);
-            let text = fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-            parse_documents(&text, &format!("kustomize/{file}"))
-        })
-        .collect()
-}
-
-/// What `helm template nephilia deploy/helm/nephilia -n nephilia-system [--set …]` renders.
-fn chart_manifests(overrides: &[(&str, Value)]) -> Vec<Manifest> {
-    render_chart(Path::new(CHART_DIR), &RELEASE, overrides)
-        .iter()
-        .flat_map(|file| parse_documents(&file.text, &format!("chart {}", file.template)))
-        .collect()
-}
-
-/// The kustomize manifests, the default chart, and the chart with every option on.
-fn all_variants() -> Vec<(&'static str, Vec<Manifest>)> {
-    vec![
-        ("kustomize", kustomize_manifests()),
-        ("chart, default values", chart_manifests(&[])),
-        ("chart, tls and api token", chart_manifests(&every_option())),
-    ]
-}
-
-fn every_option() -> Vec<(&'static str, Value)> {
-    vec![
-        ("tls.enabled", json!(true)),
-        ("tls.secretName", json!("agent-server-mtls")),
-        ("apiToken.secretName", json!("nephilia-api-token")),
-        ("apiToken.secretKey", json!("bearer")),
-    ]
-}
-
-fn one<'a, T>(manifests: &'a [Manifest], pick: impl Fn(&'a Object) -> Option<&'a T>) -> &'a T {
-    let found: Vec<&T> = manifests.iter().filter_map(|m| pick(&m.object)).collect();
-    assert_eq!(found.len(), 1, "expected exactly one object of that kind");
-    found[0]
-}
-
-fn daemon_set(manifests: &[Manifest]) -> &DaemonSet {
-    one(manifests, |o| match o {
-        Object::DaemonSet(d) => Some(&**d),
-        _ => None,
-    })
-}
-
-fn deployment(manifests: &[Manifest]) -> &Deployment {
-    one(manifests, |o| match o {
-        Object::Deployment(d) => Some(&**d),
-        _ => None,
-    })
-}
-
-fn service(manifests: &[Manifest]) -> &Service {
-    one(manifests, |o| match o {
-        Object::Service(s) => Some(&**s),
-        _ => None,
-    })
-}
-
-fn pod_spec_of_daemon_set(manifests: &[Manifest]) -> &PodSpec {
-    daemon_set(manifests)
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("DaemonSet pod spec")
-}
-
-fn pod_spec_of_deployment(manifests: &[Manifest]) -> &PodSpec {
-    deployment(manifests)
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("Deployment pod spec")
-}
-
-fn only_container(spec: &PodSpec) -> &Container {
-    assert_eq!(spec.containers.len(), 1, "one container per pod");
-    assert!(spec.init_containers.is_none(), "no init containers");
-    &spec.containers[0]
-}
-
-fn args(container: &Container) -> Vec<&str> {
-    container
-        .args
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect()
-}
-
-/// The value following `flag` in `args`.
-fn flag<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
-    args.iter().position(|a| *a == flag).map(|i| {
-        *args
-            .get(i + 1)
-            .unwrap_or_else(|| panic!("{flag} without a value"))
-    })
-}
+use helm_template::render_chart;
+use manifest_set::*;
 
 #[test]
 fn every_manifest_parses_into_api_types_with_no_unknown_field() {
@@ -939,13 +724,23 @@ fn agent_dockerfile_builds_ebpf_with_what_xtask_setup_installs() {
     }
 }
 
-/// `cargo test -p nephilia-deploy-tests -- --ignored --nocapture print_default_chart`
-/// prints the chart as rendered for deploy/kustomize.
+/// `cargo test -p nephilia-deploy-tests -- --ignored render_chart_into_kustomize` writes
+/// the chart rendered with its default values into deploy/kustomize, one file per
+/// template (the namespace and kustomization.yaml are written by hand).
 #[test]
-#[ignore = "prints the rendered chart; run by hand to refresh deploy/kustomize"]
-fn print_default_chart() {
+#[ignore = "rewrites deploy/kustomize; run by hand after changing the chart"]
+fn render_chart_into_kustomize() {
     for file in render_chart(Path::new(CHART_DIR), &RELEASE, &[]) {
-        println!("# ===== {}\n{}", file.template, file.text);
+        let name = file
+            .template
+            .strip_prefix("templates/")
+            .expect("a template path");
+        let header = format!(
+            "# Rendered from deploy/helm/nephilia/{} with the chart's default values\n\
+             # (release nephilia, namespace nephilia-system). Edit the chart, then re-render.\n",
+            file.template
+        );
+        let text = format!("{header}{}\n", file.text.trim_matches('\n'));
+        fs::write(Path::new(KUSTOMIZE_DIR).join(name), text).expect("writing deploy/kustomize");
     }
-    println!("# ===== end");
 }
