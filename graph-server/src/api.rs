@@ -14,8 +14,10 @@ use serde_json::{Value, json};
 
 use crate::flows::FlowFilter;
 use crate::store::Store;
+use crate::topology::graph::{GraphView, NodeDetail};
 use crate::topology::{Level, NodeKey};
 use crate::trace::TraceQuery;
+use crate::trace::TraceView;
 
 mod error;
 pub mod openapi;
@@ -134,7 +136,7 @@ fn window(store: &Store, now: u64, window_ns: u64) -> (u64, u64) {
     (from, now)
 }
 
-async fn graph(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Value>, AppError> {
+async fn graph(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<GraphView>, AppError> {
     let mut p = Params::new(query)?;
     let window_ns = p.duration("window", 60_000_000_000)?;
     let level = match p.take("level") {
@@ -154,14 +156,14 @@ async fn graph(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Valu
     let view = store
         .topology
         .graph_view(level, namespace.as_deref(), from, to, &store.thresholds);
-    Ok(Json(serde_json::to_value(view).expect("graph serialises")))
+    Ok(Json(view))
 }
 
 async fn node(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     query: Q,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<NodeDetail>, AppError> {
     let key = NodeKey::parse(&id).ok_or_else(|| {
         AppError::bad(
             "id",
@@ -178,7 +180,7 @@ async fn node(
         .topology
         .node_detail(&key, from, to, &store.thresholds)
         .ok_or_else(|| AppError::NotFound(format!("node {id} had no traffic in the window")))?;
-    Ok(Json(serde_json::to_value(detail).expect("node serialises")))
+    Ok(Json(detail))
 }
 
 async fn outages(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Value>, AppError> {
@@ -220,7 +222,7 @@ async fn traces(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Val
 async fn trace(
     State(state): State<Arc<AppState>>,
     Path(trace_id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<TraceView>, AppError> {
     if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(AppError::bad(
             "trace_id",
@@ -232,7 +234,7 @@ async fn trace(
         .traces
         .trace(&trace_id.to_ascii_lowercase())
         .ok_or_else(|| AppError::NotFound(format!("no trace {trace_id}")))?;
-    Ok(Json(serde_json::to_value(view).expect("trace serialises")))
+    Ok(Json(view))
 }
 
 async fn flows(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Value>, AppError> {

@@ -231,35 +231,48 @@ impl Record {
 
     /// Rough heap + inline size, for memory accounting.
     pub fn estimated_bytes(&self) -> usize {
-        let strings = match self {
-            Self::Connection(c) => {
-                c.comm.len()
-                    + c.local.len()
-                    + c.remote.len()
-                    + c.error.as_ref().map_or(0, String::len)
-            }
-            Self::MeshFlow(f) => {
-                f.source.heap_bytes()
-                    + f.destination.heap_bytes()
-                    + f.original_destination.len()
-                    + f.node.len()
-            }
-            Self::Request(r) => {
-                r.method.len()
-                    + r.path.len()
-                    + r.authority.len()
-                    + r.grpc_message.as_ref().map_or(0, String::len)
-                    + r.trace_id.as_ref().map_or(0, String::len)
-                    + r.span_id.as_ref().map_or(0, String::len)
-                    + r.parent_span_id.as_ref().map_or(0, String::len)
-                    + r.source.heap_bytes()
-                    + r.destination.heap_bytes()
-                    + r.local.len()
-                    + r.remote.len()
-                    + r.node.len()
-            }
+        let heap = match self {
+            Self::Connection(c) => c.heap_bytes(),
+            Self::MeshFlow(f) => f.heap_bytes(),
+            Self::Request(r) => r.heap_bytes(),
         };
-        size_of::<Self>() + strings
+        size_of::<Self>() + heap
+    }
+}
+
+fn opt_len(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::len)
+}
+
+impl Connection {
+    pub fn heap_bytes(&self) -> usize {
+        self.comm.len() + self.local.len() + self.remote.len() + opt_len(&self.error)
+    }
+}
+
+impl MeshFlow {
+    pub fn heap_bytes(&self) -> usize {
+        self.source.heap_bytes()
+            + self.destination.heap_bytes()
+            + self.original_destination.len()
+            + self.node.len()
+    }
+}
+
+impl Request {
+    pub fn heap_bytes(&self) -> usize {
+        self.method.len()
+            + self.path.len()
+            + self.authority.len()
+            + opt_len(&self.grpc_message)
+            + opt_len(&self.trace_id)
+            + opt_len(&self.span_id)
+            + opt_len(&self.parent_span_id)
+            + self.source.heap_bytes()
+            + self.destination.heap_bytes()
+            + self.local.len()
+            + self.remote.len()
+            + self.node.len()
     }
 }
 

@@ -28,6 +28,11 @@ const MAP_ENTRY_OVERHEAD: usize = 16;
 pub struct Directory {
     keys: Vec<NodeKey>,
     ids: HashMap<NodeKey, u32>,
+    /// namespace → name → id for workloads and services, ip → id for externals: lookups
+    /// by `&str` so the hot path allocates nothing for endpoints already known.
+    workloads: HashMap<String, HashMap<String, u32>>,
+    services: HashMap<String, HashMap<String, u32>>,
+    externals: HashMap<String, u32>,
     /// Workload → the service it was last reached through (for the service level).
     service_of: HashMap<u32, u32>,
     bytes: usize,
@@ -39,12 +44,62 @@ impl Directory {
             return id;
         }
         let id = u32::try_from(self.keys.len()).expect("fewer than 4 billion endpoints");
-        self.bytes += 2
+        self.bytes += 3
             * (size_of::<NodeKey>() + key.name().len() + key.namespace().map_or(0, str::len))
-            + MAP_ENTRY_OVERHEAD;
+            + 2 * MAP_ENTRY_OVERHEAD;
+        match &key {
+            NodeKey::Workload { namespace, name } => {
+                self.workloads
+                    .entry(namespace.clone())
+                    .or_default()
+                    .insert(name.clone(), id);
+            }
+            NodeKey::Service {
+                namespace,
+                hostname,
+            } => {
+                self.services
+                    .entry(namespace.clone())
+                    .or_default()
+                    .insert(hostname.clone(), id);
+            }
+            NodeKey::External { address } => {
+                self.externals.insert(address.clone(), id);
+            }
+            NodeKey::Namespace { .. } => {}
+        }
         self.keys.push(key.clone());
         self.ids.insert(key, id);
         id
+    }
+
+    fn workload(&mut self, namespace: &str, name: &str) -> u32 {
+        match self.workloads.get(namespace).and_then(|m| m.get(name)) {
+            Some(&id) => id,
+            None => self.intern(NodeKey::Workload {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    fn service(&mut self, namespace: &str, hostname: &str) -> u32 {
+        match self.services.get(namespace).and_then(|m| m.get(hostname)) {
+            Some(&id) => id,
+            None => self.intern(NodeKey::Service {
+                namespace: namespace.to_owned(),
+                hostname: hostname.to_owned(),
+            }),
+        }
+    }
+
+    fn external(&mut self, address: &str) -> u32 {
+        match self.externals.get(address) {
+            Some(&id) => id,
+            None => self.intern(NodeKey::External {
+                address: address.to_owned(),
+            }),
+        }
     }
 
     pub fn key(&self, id: u32) -> &NodeKey {
@@ -73,31 +128,19 @@ impl Directory {
 
     fn source(&mut self, peer: &Peer) -> u32 {
         if peer.workload.is_empty() {
-            self.intern(NodeKey::External {
-                address: peer.ip.clone(),
-            })
+            self.external(&peer.ip)
         } else {
-            self.intern(NodeKey::Workload {
-                namespace: peer.namespace.clone(),
-                name: peer.workload.clone(),
-            })
+            self.workload(&peer.namespace, &peer.workload)
         }
     }
 
     /// A destination is its workload; else its service (unknown backends behind a known
     /// service are one node); else the address dialled.
     fn destination(&mut self, peer: &Peer, dialled: &str) -> u32 {
-        let service = (!peer.service.is_empty()).then(|| {
-            self.intern(NodeKey::Service {
-                namespace: peer.namespace.clone(),
-                hostname: peer.service.clone(),
-            })
-        });
+        let service =
+            (!peer.service.is_empty()).then(|| self.service(&peer.namespace, &peer.service));
         if !peer.workload.is_empty() {
-            let id = self.intern(NodeKey::Workload {
-                namespace: peer.namespace.clone(),
-                name: peer.workload.clone(),
-            });
+            let id = self.workload(&peer.namespace, &peer.workload);
             if let Some(service) = service
                 && self.service_of.insert(id, service).is_none()
             {
@@ -113,9 +156,7 @@ impl Directory {
         } else {
             &peer.ip
         };
-        self.intern(NodeKey::External {
-            address: address.trim_matches(['[', ']']).to_owned(),
-        })
+        self.external(address.trim_matches(['[', ']']))
     }
 }
 

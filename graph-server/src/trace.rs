@@ -134,7 +134,8 @@ impl TraceStore {
             }
         }
         self.by_start.insert(entry);
-        self.bytes += crate::record::Record::Request(request.clone()).estimated_bytes()
+        self.bytes += size_of::<Request>()
+            + request.heap_bytes()
             + indexes * INDEX_ENTRY_BYTES
             + 2 * INDEX_ENTRY_BYTES;
         self.requests.insert(key, request);
@@ -183,8 +184,8 @@ impl TraceStore {
                 } else {
                     4
                 };
-                self.bytes -= crate::record::Record::Request(request).estimated_bytes()
-                    + indexes * INDEX_ENTRY_BYTES;
+                self.bytes -=
+                    size_of::<Request>() + request.heap_bytes() + indexes * INDEX_ENTRY_BYTES;
             }
         }
         let keep = self.flows_by_start.split_off(&(t_ns, 0));
@@ -380,7 +381,7 @@ fn insert(entries: &mut Entries, entry: (u64, u64)) {
 }
 
 fn flow_bytes(flow: &MeshFlow) -> usize {
-    crate::record::Record::MeshFlow(flow.clone()).estimated_bytes()
+    size_of::<MeshFlow>() + flow.heap_bytes()
 }
 
 /// Both sides of one call: same source ip, destination, method and path; the server's

@@ -15,6 +15,8 @@ use crate::config::HealthThresholds;
 pub struct TopologyGraph {
     pub graph: DiGraph<NodeKey, EdgeMetrics>,
     pub index: HashMap<NodeKey, NodeIndex>,
+    /// petgraph's `find_edge` walks a node's edge list; busy callers have thousands.
+    edges: HashMap<(NodeIndex, NodeIndex), petgraph::graph::EdgeIndex>,
 }
 
 impl TopologyGraph {
@@ -48,10 +50,11 @@ impl TopologyGraph {
             if !keep(&self.graph[a], &self.graph[b]) {
                 continue;
             }
-            match self.graph.find_edge(a, b) {
-                Some(e) => self.graph[e].merge(metrics),
+            match self.edges.get(&(a, b)) {
+                Some(&e) => self.graph[e].merge(metrics),
                 None => {
-                    self.graph.add_edge(a, b, metrics.clone());
+                    let e = self.graph.add_edge(a, b, metrics.clone());
+                    self.edges.insert((a, b), e);
                 }
             }
         }
@@ -87,6 +90,7 @@ impl Topology {
         for (_, bucket) in self.buckets(from_ns, to_ns) {
             graph.add_bucket(self, bucket, level, &mut mapped, &keep);
         }
+        graph.edges.clear();
         // Nodes only reached by filtered-out edges are left without edges: drop them.
         graph
             .graph

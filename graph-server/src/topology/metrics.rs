@@ -96,42 +96,132 @@ impl Serialize for ErrorCounts {
     }
 }
 
-/// A latency histogram. hdrhistogram with 2 significant digits (≤ 1 % error) and u32
-/// counts, auto-resizing so an edge only pays for the range its latencies span.
+/// Samples an edge keeps as a plain list before switching to a histogram.
+const MAX_SAMPLES: usize = 64;
+
+/// A mergeable latency distribution: hdrhistogram with 2 significant digits (≤ 1 % error)
+/// and u32 counts, auto-resizing so it only pays for the range its values span.
+///
+/// Most edges see few calls per bucket, and an hdrhistogram costs ~1–6 KiB and a scan of
+/// its whole counts array to merge, whatever it holds. So a bucket keeps up to
+/// [`MAX_SAMPLES`] raw values first and becomes a histogram past that; percentiles always
+/// come out of an hdrhistogram, so numbers do not change meaning when an edge gets busy.
 #[derive(Clone, Debug)]
-pub struct Latency(Box<Histogram<u32>>);
+pub enum Latency {
+    Samples(Vec<u32>),
+    Histogram(Box<Histogram<u32>>),
+}
+
+/// Bucket boundaries only depend on the precision, so one histogram answers
+/// `highest_equivalent` for all.
+static TEMPLATE: std::sync::LazyLock<Histogram<u32>> = std::sync::LazyLock::new(histogram);
+
+fn histogram() -> Histogram<u32> {
+    Histogram::new(2).expect("2 significant digits is a valid precision")
+}
+
+fn record_into(h: &mut Histogram<u32>, us: u64) {
+    // `record` grows the histogram (`saturating_record` would clamp to its current
+    // range); it only fails past u64 index space, where clamping is the best answer.
+    if h.record(us).is_err() {
+        h.saturating_record(us);
+    }
+}
 
 impl Latency {
     fn new() -> Self {
-        Self(Box::new(
-            Histogram::new(2).expect("2 significant digits is a valid precision"),
-        ))
+        Self::Samples(Vec::new())
     }
 
     fn record(&mut self, us: u64) {
-        // `record` grows the histogram (`saturating_record` would clamp to its current
-        // range); it only fails past u64 index space, where clamping is the best answer.
-        if self.0.record(us).is_err() {
-            self.0.saturating_record(us);
+        match self {
+            Self::Samples(samples) if samples.len() < MAX_SAMPLES => {
+                samples.push(u32::try_from(us).unwrap_or(u32::MAX));
+            }
+            Self::Samples(samples) => {
+                let mut h = histogram();
+                for &v in samples.iter() {
+                    record_into(&mut h, u64::from(v));
+                }
+                record_into(&mut h, us);
+                *self = Self::Histogram(Box::new(h));
+            }
+            Self::Histogram(h) => record_into(h, us),
         }
     }
 
     fn merge(&mut self, other: &Self) {
-        // Both auto-resize, so adding never fails for range reasons.
-        let _ = self.0.add(&*other.0);
+        match (&mut *self, other) {
+            (Self::Samples(a), Self::Samples(b)) if a.len() + b.len() <= MAX_SAMPLES => {
+                a.extend_from_slice(b);
+            }
+            (Self::Histogram(a), Self::Histogram(b)) => {
+                // Both auto-resize, so adding never fails for range reasons.
+                let _ = a.add(&**b);
+            }
+            (Self::Histogram(a), Self::Samples(b)) => {
+                for &v in b {
+                    record_into(a, u64::from(v));
+                }
+            }
+            (Self::Samples(a), _) => {
+                let mut merged = match other {
+                    Self::Histogram(b) => (**b).clone(),
+                    Self::Samples(b) => {
+                        let mut h = histogram();
+                        for &v in b {
+                            record_into(&mut h, u64::from(v));
+                        }
+                        h
+                    }
+                };
+                for &v in a.iter() {
+                    record_into(&mut merged, u64::from(v));
+                }
+                *self = Self::Histogram(Box::new(merged));
+            }
+        }
     }
 
-    /// Bytes this histogram holds (its counts array and the header).
+    /// Bytes this distribution holds.
     pub fn bytes(&self) -> usize {
-        size_of::<Histogram<u32>>() + self.0.distinct_values() * size_of::<u32>()
+        match self {
+            Self::Samples(s) => size_of::<Self>() + s.capacity() * size_of::<u32>(),
+            Self::Histogram(h) => {
+                size_of::<Self>()
+                    + size_of::<Histogram<u32>>()
+                    + h.distinct_values() * size_of::<u32>()
+            }
+        }
     }
 
     pub fn percentiles(&self) -> Percentiles {
-        Percentiles {
-            p50_us: self.0.value_at_quantile(0.50),
-            p95_us: self.0.value_at_quantile(0.95),
-            p99_us: self.0.value_at_quantile(0.99),
-            count: self.0.len(),
+        let of = |h: &Histogram<u32>| Percentiles {
+            p50_us: h.value_at_quantile(0.50),
+            p95_us: h.value_at_quantile(0.95),
+            p99_us: h.value_at_quantile(0.99),
+            count: h.len(),
+        };
+        match self {
+            Self::Histogram(h) => of(h),
+            Self::Samples(samples) => {
+                // The same answer hdrhistogram's `value_at_quantile` gives (the k-th
+                // smallest value's bucket top, k = ceil(q·n)), without building one.
+                let mut sorted = samples.clone();
+                sorted.sort_unstable();
+                let at = |q: f64| {
+                    let k = ((q * sorted.len() as f64).ceil() as usize).max(1);
+                    sorted
+                        .get(k - 1)
+                        .map_or(0, |&v| TEMPLATE.highest_equivalent(u64::from(v)))
+                };
+                Percentiles {
+                    p50_us: at(0.50),
+                    p95_us: at(0.95),
+                    p99_us: at(0.99),
+                    count: sorted.len() as u64,
+                }
+            }
         }
     }
 }
@@ -430,6 +520,31 @@ mod tests {
         assert_eq!(kind, LatencyKind::Request);
         // Below 256 µs hdrhistogram with 2 digits is exact.
         assert_eq!((p.p50_us, p.p95_us, p.p99_us, p.count), (50, 95, 99, 100));
+    }
+
+    #[test]
+    fn sample_lists_and_histograms_give_the_same_percentiles() {
+        let mut busy = EdgeMetrics::default();
+        let mut quiet = EdgeMetrics::default();
+        for us in 1000..1200 {
+            busy.record_request_latency(us);
+        }
+        for chunk in (1000..1200).collect::<Vec<u64>>().chunks(50) {
+            let mut part = EdgeMetrics::default();
+            for &us in chunk {
+                part.record_request_latency(us);
+            }
+            assert!(matches!(part.request_latency, Some(Latency::Samples(_))));
+            quiet.merge(&part);
+        }
+        assert!(matches!(busy.request_latency, Some(Latency::Histogram(_))));
+        let (a, _) = busy.latency().unwrap();
+        let (b, _) = quiet.latency().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            (a.p50_us, a.p95_us, a.p99_us, a.count),
+            (1103, 1191, 1199, 200)
+        );
     }
 
     #[test]
