@@ -198,7 +198,8 @@ impl Http1Parser {
             return Ok(skip + take);
         };
         let consumed = skip + end - old;
-        let head = std::mem::take(&mut self.reader(direction).head);
+        reader.head.truncate(end);
+        let head = std::mem::take(&mut reader.head);
         let result = match direction {
             Direction::ClientToServer => self.on_request_head(&head, ts, out),
             Direction::ServerToClient => self.on_response_head(&head, ts, out),
