@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::counters::ParserCounters;
 use crate::exchange::{Direction, L7Exchange};
-use crate::http1::{self, Http1Parser, looks_like_request_start};
+use crate::http1::{self, Http1Parser, is_request_line, looks_like_request_start};
 use crate::http2::{Http2Parser, PREFACE};
 use crate::limits::ParserLimits;
 use crate::output::Output;
@@ -38,7 +38,8 @@ enum Engine {
 #[derive(Default)]
 struct Detection {
     segments: Vec<(Direction, u64, Vec<u8>)>,
-    client_bytes: usize,
+    /// The client's first bytes, up to the end of the first line or the head cap.
+    client: Vec<u8>,
     server_bytes: usize,
 }
 
@@ -123,7 +124,13 @@ impl ConnectionParser {
         match &mut self.engine {
             Engine::Detecting(detection) => {
                 match direction {
-                    Direction::ClientToServer => detection.client_bytes += bytes.len(),
+                    Direction::ClientToServer => {
+                        let room = (self.out.limits.max_head_bytes + 1)
+                            .saturating_sub(detection.client.len());
+                        detection
+                            .client
+                            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    }
                     Direction::ServerToClient => detection.server_bytes += bytes.len(),
                 }
                 detection.segments.push((direction, ts, bytes.to_vec()));
@@ -150,29 +157,23 @@ impl ConnectionParser {
             return;
         };
         let max = self.out.limits.max_head_bytes;
-        let mut prefix = [0u8; 32];
-        let mut have = 0;
-        for (_, _, bytes) in detection
-            .segments
-            .iter()
-            .filter(|s| s.0 == Direction::ClientToServer)
-        {
-            let n = bytes.len().min(prefix.len() - have);
-            prefix[have..have + n].copy_from_slice(&bytes[..n]);
-            have += n;
-        }
-        let prefix = &prefix[..have];
-        let n = have.min(PREFACE.len());
-        let decision = if have > 0 && prefix[..n] == PREFACE[..n] {
-            (have >= PREFACE.len()).then_some(ConnectionProtocol::Http2)
-        } else if have > 0 {
-            match looks_like_request_start(prefix) {
-                Some(true) => Some(ConnectionProtocol::Http1),
+        let client = &detection.client;
+        let n = client.len().min(PREFACE.len());
+        let decision = if client.is_empty() {
+            None
+        } else if client[..n] == PREFACE[..n] {
+            (client.len() >= PREFACE.len()).then_some(ConnectionProtocol::Http2)
+        } else {
+            match looks_like_request_start(client) {
                 Some(false) => Some(ConnectionProtocol::Opaque),
                 None => None,
+                // The whole request line decides: `EHLO x` or `get /` are not HTTP.
+                Some(true) => match client.iter().position(|&b| b == b'\n') {
+                    Some(lf) if is_request_line(&client[..lf]) => Some(ConnectionProtocol::Http1),
+                    Some(_) => Some(ConnectionProtocol::Opaque),
+                    None => (client.len() > max).then_some(ConnectionProtocol::Opaque),
+                },
             }
-        } else {
-            None
         };
         // A peer that talks first and long is not an HTTP server.
         let decision =

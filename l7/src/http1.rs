@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use body::{BodyError, BodyReader, GapOutcome};
 use head::{Framing, HeadError, find_head_end, parse_request, parse_response};
-pub(crate) use head::{looks_like_request_start, looks_like_response_start};
+pub(crate) use head::{is_request_line, looks_like_request_start, looks_like_response_start};
 
 use crate::counters::ParseErrorKind;
 use crate::exchange::{Direction, L7Exchange, Protocol};

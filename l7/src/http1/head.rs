@@ -259,11 +259,9 @@ fn parse_version(v: &[u8]) -> Option<()> {
     matches!(v, b"HTTP/1.1" | b"HTTP/1.0").then_some(())
 }
 
-/// Parses a complete request head (start line through the blank line).
-pub(crate) fn parse_request(head: &[u8], max_field: usize) -> Result<RequestHead, HeadError> {
-    let mut lines = lines(head);
-    let start = lines.next().ok_or(HeadError::StartLine)?;
-    let mut parts = start.split(|&b| b == b' ');
+/// `method SP request-target SP HTTP-version` (RFC 9112 §3), without line ending.
+fn split_request_line(line: &[u8]) -> Result<(&[u8], &[u8]), HeadError> {
+    let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -276,6 +274,19 @@ pub(crate) fn parse_request(head: &[u8], max_field: usize) -> Result<RequestHead
         return Err(HeadError::StartLine);
     }
     parse_version(version).ok_or(HeadError::StartLine)?;
+    Ok((method, target))
+}
+
+/// Whether `line` (CR allowed at its end) is an HTTP/1.x request line.
+pub(crate) fn is_request_line(line: &[u8]) -> bool {
+    split_request_line(line.strip_suffix(b"\r").unwrap_or(line)).is_ok()
+}
+
+/// Parses a complete request head (start line through the blank line).
+pub(crate) fn parse_request(head: &[u8], max_field: usize) -> Result<RequestHead, HeadError> {
+    let mut lines = lines(head);
+    let start = lines.next().ok_or(HeadError::StartLine)?;
+    let (method, target) = split_request_line(start)?;
     let mut common = CommonHeaders::default();
     let mut host = None;
     let mut trace = TraceHeaders::default();
