@@ -282,18 +282,16 @@ impl Http1Parser {
         let response = parse_response(head)?;
         // Responses answer requests in order (RFC 9112 §9.3.2); drop the
         // placeholders of requests lost to holes along with their responses.
-        let front = loop {
-            match self.pending.front() {
-                Some(p) if p.lost && !(100..200).contains(&response.status) => {
-                    self.pending.pop_front();
-                    break None;
-                }
-                Some(p) if p.lost => break None,
-                Some(p) => break Some(p.id),
-                None => {
-                    out.error(ParseErrorKind::UnmatchedResponse);
-                    break None;
-                }
+        let front = match self.pending.front() {
+            Some(p) if p.lost && !(100..200).contains(&response.status) => {
+                self.pending.pop_front();
+                None
+            }
+            Some(p) if p.lost => None,
+            Some(p) => Some(p.id),
+            None => {
+                out.error(ParseErrorKind::UnmatchedResponse);
+                None
             }
         };
         let method = self.pending_mut(front).map(|p| p.exchange.method.clone());

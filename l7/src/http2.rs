@@ -3,6 +3,7 @@
 
 mod frame;
 mod grpc;
+mod hpack;
 mod stream;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use frame::{
     CONTINUATION, FLAG_ACK, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY,
     FrameError, FrameEvent, FrameHeader, FrameReader, HEADERS, PUSH_PROMISE, RST_STREAM, SETTINGS,
 };
+use hpack::{HpackDecoder, HpackError};
 use stream::{HeaderFields, Stream};
 
 use crate::counters::ParseErrorKind;
@@ -19,7 +21,7 @@ use crate::exchange::Direction;
 use crate::output::Output;
 
 /// Why an HTTP/2 connection is given up.
-#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Http2Error {
     #[error(transparent)]
     Frame(#[from] FrameError),
@@ -31,7 +33,7 @@ pub(crate) enum Http2Error {
     HeaderFrame,
     /// The header block does not decode: the dynamic table is out of step for good.
     #[error("hpack: {0}")]
-    Hpack(#[from] loona_hpack::decoder::DecoderError),
+    Hpack(#[from] HpackError),
     /// A header block grew past the cap.
     #[error("header block too large")]
     BlockTooLarge,
@@ -68,22 +70,18 @@ struct OpenBlock {
 /// Everything one direction needs: framing and its HPACK decoder.
 struct Side {
     reader: FrameReader,
-    decoder: loona_hpack::Decoder<'static>,
-    /// Dynamic table size the decoder accepts: the peer's SETTINGS_HEADER_TABLE_SIZE
-    /// capped by the parser limit (RFC 7541 §4.2).
-    table_limit: usize,
+    /// Its dynamic table accepts size updates up to the peer's
+    /// SETTINGS_HEADER_TABLE_SIZE capped by the parser limit (RFC 7541 §4.2).
+    decoder: HpackDecoder,
     block: Vec<u8>,
     open_block: Option<OpenBlock>,
 }
 
 impl Side {
     fn new(expect_preface: bool, hard_cap: usize) -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(hard_cap);
         Self {
             reader: FrameReader::new(expect_preface),
-            decoder,
-            table_limit: hard_cap,
+            decoder: HpackDecoder::new(hard_cap),
             block: Vec::new(),
             open_block: None,
         }
@@ -109,12 +107,11 @@ impl Http2Parser {
         }
     }
 
-    /// Buffers, streams and an upper bound of both HPACK tables (entries cost their
-    /// RFC 7541 §4.1 size plus allocation overhead, at most twice that).
+    /// Buffers, streams and both HPACK tables.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.sides
             .iter()
-            .map(|s| s.reader.memory_bytes() + s.block.capacity() + 2 * s.table_limit)
+            .map(|s| s.reader.memory_bytes() + s.block.capacity() + s.decoder.memory_bytes())
             .sum::<usize>()
             + self
                 .streams
@@ -278,9 +275,9 @@ impl Http2Parser {
                     // reads what the *peer* sends (RFC 9113 §6.5.2).
                     if id == 0x1 {
                         let limit = (value as usize).min(out.limits.max_hpack_table_bytes);
-                        let peer = &mut self.sides[direction.reverse().index()];
-                        peer.table_limit = limit;
-                        peer.decoder.set_max_allowed_table_size(limit);
+                        self.sides[direction.reverse().index()]
+                            .decoder
+                            .set_limit(limit);
                     }
                 }
             }
@@ -309,8 +306,8 @@ impl Http2Parser {
             return Ok(());
         };
         let mut fields = HeaderFields::default();
-        side.decoder.decode_with_cb(&side.block, |name, value| {
-            fields.offer(&name, &value, max_field)
+        side.decoder.decode(&side.block, |name, value| {
+            fields.offer(name, value, max_field)
         })?;
         side.block.clear();
         if open.push_promise {

@@ -152,10 +152,11 @@ impl ChunkedBody {
                     b'\n' if *digits > 0 => self.state = after_size(*value),
                     _ => return Err(BodyError::Chunk),
                 },
-                Chunk::Extension { value } => match b {
-                    b'\n' => self.state = after_size(*value),
-                    _ => {}
-                },
+                Chunk::Extension { value } => {
+                    if b == b'\n' {
+                        self.state = after_size(*value);
+                    }
+                }
                 Chunk::SizeLf { value } => match b {
                     b'\n' => self.state = after_size(*value),
                     _ => return Err(BodyError::Chunk),
