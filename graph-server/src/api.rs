@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::flows::FlowFilter;
 use crate::store::Store;
-use crate::topology::graph::{GraphView, NodeDetail};
+use crate::topology::graph::{EdgeDetail, GraphView, NodeDetail};
 use crate::topology::{Level, NodeKey};
 use crate::trace::TraceQuery;
 use crate::trace::TraceView;
@@ -78,6 +78,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/api/v1/graph", get(graph))
         .route("/api/v1/nodes/{id}", get(node))
+        .route("/api/v1/edge", get(edge))
         .route("/api/v1/outages", get(outages))
         .route("/api/v1/traces", get(traces))
         .route("/api/v1/traces/{trace_id}", get(trace))
@@ -90,7 +91,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(protected)
-        .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
+        .fallback(crate::ui::serve)
         .with_state(state)
 }
 
@@ -136,18 +137,23 @@ fn window(store: &Store, now: u64, window_ns: u64) -> (u64, u64) {
     (from, now)
 }
 
-async fn graph(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<GraphView>, AppError> {
-    let mut p = Params::new(query)?;
-    let window_ns = p.duration("window", 60_000_000_000)?;
-    let level = match p.take("level") {
-        None => Level::Workload,
+/// `level`: workload (default), service or namespace.
+fn level(p: &mut Params) -> Result<Level, AppError> {
+    match p.take("level") {
+        None => Ok(Level::Workload),
         Some(text) => Level::parse(&text).ok_or_else(|| {
             AppError::bad(
                 "level",
                 format!("{text:?} is not one of workload, service, namespace"),
             )
-        })?,
-    };
+        }),
+    }
+}
+
+async fn graph(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<GraphView>, AppError> {
+    let mut p = Params::new(query)?;
+    let window_ns = p.duration("window", 60_000_000_000)?;
+    let level = level(&mut p)?;
     let namespace = p.take("namespace");
     p.finish()?;
     let now = state.now_ns();
@@ -180,6 +186,33 @@ async fn node(
         .topology
         .node_detail(&key, from, to, &store.thresholds)
         .ok_or_else(|| AppError::NotFound(format!("node {id} had no traffic in the window")))?;
+    Ok(Json(detail))
+}
+
+async fn edge(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<EdgeDetail>, AppError> {
+    let mut p = Params::new(query)?;
+    let mut key = |name: &'static str| {
+        let id = p
+            .take(name)
+            .ok_or_else(|| AppError::bad(name, "missing (a node id)"))?;
+        NodeKey::parse(&id).ok_or_else(|| AppError::bad(name, format!("{id:?} is not a node id")))
+    };
+    let source = key("source")?;
+    let target = key("target")?;
+    let window_ns = p.duration("window", 15 * 60_000_000_000)?;
+    let level = level(&mut p)?;
+    p.finish()?;
+    let now = state.now_ns();
+    let store = state.store();
+    let (from, to) = window(&store, now, window_ns);
+    let detail = store
+        .topology
+        .edge_detail(level, &source, &target, from, to, &store.thresholds)
+        .ok_or_else(|| {
+            AppError::NotFound(format!(
+                "edge {source}->{target} had no traffic in the window"
+            ))
+        })?;
     Ok(Json(detail))
 }
 

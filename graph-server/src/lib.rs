@@ -13,6 +13,7 @@ pub mod store;
 pub mod time;
 pub mod topology;
 pub mod trace;
+pub mod ui;
 
 #[cfg(test)]
 pub(crate) mod fixture;

@@ -95,7 +95,16 @@ pub fn document() -> Value {
     edge["source"] = json!({ "type": "string" });
     edge["target"] = json!({ "type": "string" });
     let [since, until] = since_until();
-    json!({
+    let edge_detail = object(json!({
+        "edge": { "$ref": "#/components/schemas/Edge" },
+        "level": { "enum": ["workload", "service", "namespace"] },
+        "from_ns": { "type": "integer" }, "to_ns": { "type": "integer" }, "bucket_seconds": { "type": "number" },
+        "series": { "type": "array", "items": { "allOf": [
+            { "$ref": "#/components/schemas/Summary" },
+            object(json!({ "start_ns": { "type": "integer" } }))
+        ] } }
+    }));
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Nephilia graph server",
@@ -212,5 +221,33 @@ pub fn document() -> Value {
             "/healthz": { "get": { "summary": "Liveness (no token needed)", "responses": { "200": { "description": "ok" } } } },
             "/readyz": { "get": { "summary": "Readiness: both listeners bound (no token needed)", "responses": { "200": { "description": "ready" }, "503": { "description": "starting" } } } }
         }
-    })
+    });
+    // Added outside the literal above, which is at serde_json's macro recursion limit.
+    doc["components"]["schemas"]["EdgeDetail"] = edge_detail;
+    doc["paths"]["/api/v1/edge"] = get(
+        "One edge: its metrics over the window and per bucket",
+        vec![
+            param(
+                "source",
+                "query",
+                "Node id of the caller.",
+                "workload:shop:checkout",
+            ),
+            param(
+                "target",
+                "query",
+                "Node id of the callee.",
+                "workload:shop:payments",
+            ),
+            window(),
+            param(
+                "level",
+                "query",
+                "workload (default), service or namespace: the level the ids are at.",
+                "workload",
+            ),
+        ],
+        "EdgeDetail",
+    );
+    doc
 }

@@ -192,6 +192,115 @@ async fn bearer_token_guards_everything_but_health() {
     assert_eq!(call(&s, "/nope", None).await.0, StatusCode::NOT_FOUND);
 }
 
+async fn page(state: &Arc<AppState>, uri: &str, accept: &str) -> (StatusCode, String, String) {
+    let request = Request::get(uri)
+        .header("accept", accept)
+        .body(Body::empty())
+        .unwrap();
+    let response = app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_ui_is_served_without_a_token_and_client_routes_fall_back_to_it() {
+    let s = state(Some("s3cret"));
+    let html = "text/html,application/xhtml+xml,*/*;q=0.8";
+    let (status, content_type, index) = page(&s, "/", "*/*").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert!(index.contains("<div id=\"app\""), "{index}");
+    // The page names its script; that asset is served with a JavaScript content type.
+    let script = index
+        .split("src=\"/assets/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("index.html loads a script from /assets/");
+    let (status, content_type, _) = page(&s, &format!("/assets/{script}"), "*/*").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "text/javascript; charset=utf-8");
+    // Client-side routes load the page when a browser navigates to them...
+    let (status, _, body) = page(&s, "/traces/0123", html).await;
+    assert_eq!((status, body), (StatusCode::OK, index.clone()));
+    // ...but missing assets and non-browser clients get 404, and the API is unaffected.
+    assert_eq!(
+        page(&s, "/assets/gone.js", html).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        page(&s, "/outages", "application/json").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, content_type, _) = page(&s, "/api/v1/nope", html).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(content_type, "application/json");
+    assert_eq!(
+        page(&s, "/api/v1/graph", html).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn edge_detail_has_totals_and_a_series_per_bucket() {
+    let s = state(None);
+    let e = json(
+        &s,
+        "/api/v1/edge?source=workload:shop:frontend&target=workload:shop:checkout&window=10s",
+    )
+    .await;
+    assert_eq!(
+        e["edge"]["id"],
+        "workload:shop:frontend->workload:shop:checkout"
+    );
+    assert_eq!(e["edge"]["requests"], 10);
+    assert_eq!(e["edge"]["errors"]["http_5xx"], 1);
+    assert_eq!(e["edge"]["error_rate"], 0.1);
+    assert_eq!(e["level"], "workload");
+    let series = e["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0]["start_ns"], T0);
+    assert_eq!(series[0]["requests"], 10);
+    assert_eq!(series[0]["requests_per_second"], 1.0);
+    let e = json(
+        &s,
+        "/api/v1/edge?source=workload:shop:checkout&target=workload:shop:payments&window=10s",
+    )
+    .await;
+    assert_eq!(e["edge"]["connections"], 5);
+    assert_eq!(e["edge"]["errors"]["refused"], 4);
+    // 800 µs is reported as its hdrhistogram bucket's top, 803.
+    assert_eq!(e["series"][0]["tunnel_setup"]["p95_us"], 803);
+    let e = json(
+        &s,
+        "/api/v1/edge?source=namespace:shop&target=namespace:shop&level=namespace&window=10s",
+    )
+    .await;
+    assert_eq!(e["edge"]["requests"], 10);
+    let (status, body) = call(&s, "/api/v1/edge?source=workload:shop:frontend", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("`target`: missing"), "{body}");
+    assert_eq!(
+        call(
+            &s,
+            "/api/v1/edge?source=workload:shop:payments&target=workload:shop:frontend",
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
 #[tokio::test]
 async fn node_detail_has_edges_and_a_series_per_bucket() {
     let s = state(None);
@@ -309,6 +418,7 @@ async fn openapi_documents_every_route() {
     for route in [
         "/api/v1/graph",
         "/api/v1/nodes/{id}",
+        "/api/v1/edge",
         "/api/v1/outages",
         "/api/v1/traces",
         "/api/v1/traces/{trace_id}",

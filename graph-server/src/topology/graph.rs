@@ -224,6 +224,50 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// `GET /api/v1/edge`: one edge at `level` over the window and its metrics per
+    /// bucket. `None` if the edge carried nothing in the window.
+    pub fn edge_detail(
+        &self,
+        level: Level,
+        source: &NodeKey,
+        target: &NodeKey,
+        from_ns: u64,
+        to_ns: u64,
+        thresholds: &HealthThresholds,
+    ) -> Option<EdgeDetail> {
+        let bucket_seconds = self.bucket_width_ns as f64 / 1e9;
+        let mut total: Option<EdgeMetrics> = None;
+        let mut series = Vec::new();
+        for (start, bucket) in self.buckets(from_ns, to_ns) {
+            let mut point: Option<EdgeMetrics> = None;
+            for (&(src, dst), metrics) in &bucket.edges {
+                if self.directory.node_at(src, level) == *source
+                    && self.directory.node_at(dst, level) == *target
+                {
+                    point.get_or_insert_default().merge(metrics);
+                }
+            }
+            if let Some(point) = point {
+                total.get_or_insert_default().merge(&point);
+                series.push(EdgePoint {
+                    start_ns: start,
+                    metrics: point.summary(bucket_seconds, thresholds),
+                });
+            }
+        }
+        let seconds = window_seconds(from_ns, to_ns);
+        Some(EdgeDetail {
+            edge: EdgeView::new(source, target, total?.summary(seconds, thresholds)),
+            level,
+            from_ns,
+            to_ns,
+            bucket_seconds,
+            series,
+        })
+    }
+}
+
 fn window_seconds(from_ns: u64, to_ns: u64) -> f64 {
     (to_ns.saturating_sub(from_ns) as f64 / 1e9).max(1e-9)
 }
@@ -303,4 +347,22 @@ pub struct NodePoint {
     pub start_ns: u64,
     pub inbound: Option<EdgeSummary>,
     pub outbound: Option<EdgeSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EdgeDetail {
+    pub edge: EdgeView,
+    pub level: Level,
+    pub from_ns: u64,
+    pub to_ns: u64,
+    pub bucket_seconds: f64,
+    /// One point per bucket with traffic on the edge; rates are per second within it.
+    pub series: Vec<EdgePoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EdgePoint {
+    pub start_ns: u64,
+    #[serde(flatten)]
+    pub metrics: EdgeSummary,
 }
