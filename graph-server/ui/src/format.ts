@@ -102,7 +102,7 @@ export const ERROR_KINDS = [
 /** Colour per service name, stable across views (Jaeger-like palette). */
 const PALETTE = [
   '#4e79a7', '#f28e2b', '#59a14f', '#b07aa1', '#76b7b2',
-  '#edc948', '#ff9da7', '#9c755f', '#e15759', '#bab0ac',
+  '#edc948', '#ff9da7', '#9c755f', '#17becf', '#bab0ac',
 ];
 export function serviceColour(name: string): string {
   if (name === 'ztunnel') return '#8957e5';

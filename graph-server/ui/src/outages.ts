@@ -5,12 +5,13 @@ import { clock, dateTime, el, ERROR_KINDS, percent, shortName } from './format';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const RANGES = ['15m', '1h'] as const;
+const RANGE_SECONDS = { '15m': 900, '1h': 3600 } as const;
 
 export class OutagesView {
   readonly root: HTMLElement;
   private outages: Outage[] = [];
   private selected: number | null = null;
-  private range: (typeof RANGES)[number] = '1h';
+  private range: (typeof RANGES)[number] = '15m';
   private readonly timeline: HTMLElement;
   private readonly detail: HTMLElement;
   private readonly status: HTMLElement;
@@ -54,7 +55,7 @@ export class OutagesView {
 
   private draw(): void {
     const now = Date.now() * 1e6;
-    const from = now - (this.range === '1h' ? 3600 : 900) * 1e9;
+    const from = now - RANGE_SECONDS[this.range] * 1e9;
     const W = 1000;
     const rowH = 30;
     const axisH = 24;

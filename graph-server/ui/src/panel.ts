@@ -58,7 +58,9 @@ export class SidePanel {
         ]);
         if (this.selection !== sel) return;
         const mine = failures.filter((r) => matches(r.source, sel.source) && matches(r.destination, sel.target));
-        this.render(sel, detail.edge, detail.series.map((p) => ({ t: p.start_ns, m: p })), detail.bucket_seconds, mine, detail.edge.id);
+        const e = detail.edge;
+        const carried = `${e.protocol.toUpperCase()}${(e.mtls_share ?? 0) > 0 ? ' over HBONE (mTLS)' : ', not in the mesh'}`;
+        this.render(sel, e, detail.series.map((p) => ({ t: p.start_ns, m: p })), detail.bucket_seconds, mine, carried);
       } else {
         const [detail, failures] = await Promise.all([
           get<NodeDetail>(`nodes/${encodeURIComponent(sel.id)}`, { window: state.window }),

@@ -298,6 +298,8 @@ export class TopologyView {
     }
     cy.on('tap', 'node[shape], edge', (event: EventObject) => {
       const target = event.target as cytoscape.SingularElementArgument;
+      // The panel narrows the canvas: tell cytoscape once the layout has settled.
+      requestAnimationFrame(() => cy.resize());
       if (target.isEdge()) {
         this.panel.showEdge(target.id(), target.data('source') as string, target.data('target') as string);
       } else {

@@ -53,6 +53,8 @@ export class TracesView {
   }
 
   private searched = false;
+  /** Answers to older searches are dropped when a newer one was started. */
+  private searchSeq = 0;
 
   async shown(traceId: string | null): Promise<void> {
     if (!this.searched) await this.search();
@@ -61,6 +63,7 @@ export class TracesView {
 
   async search(): Promise<void> {
     this.searched = true;
+    const seq = ++this.searchSeq;
     const data = new FormData(this.form);
     const value = (k: string) => String(data.get(k) ?? '').trim();
     let traces: TraceSummary[];
@@ -79,6 +82,7 @@ export class TracesView {
       this.onError(e);
       return;
     }
+    if (seq !== this.searchSeq) return;
     const known = new Set([...this.services.options].map((o) => o.value));
     for (const t of traces) for (const s of t.services) if (!known.has(s)) {
       known.add(s);
