@@ -25,19 +25,24 @@ fn main() -> anyhow::Result<()> {
 
     let npm = which_npm()?;
     if needs_install(&ui) && std::env::var_os("NEPHILIA_UI_SKIP_INSTALL").is_none() {
-        // `npm ci` when the lockfile is committed (reproducible), `npm install` otherwise.
-        let verb = if ui.join("package-lock.json").exists() {
-            "ci"
-        } else {
-            "install"
+        let install = |args: &[&str]| {
+            run(
+                Command::new(&npm)
+                    .args(args)
+                    .args(["--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&ui),
+                &format!("npm {} in {}", args.join(" "), ui.display()),
+            )
         };
-        run(
-            Command::new(&npm)
-                .arg(verb)
-                .args(["--no-audit", "--no-fund", "--loglevel=error"])
-                .current_dir(&ui),
-            &format!("npm {verb} in {}", ui.display()),
-        )?;
+        if !ui.join("package-lock.json").exists() {
+            install(&["install"])?;
+        } else if let Err(ci) = install(&["ci"]) {
+            // Some npm versions write lockfiles without other platforms' optional packages
+            // (rollup's native builds) and then refuse them in `npm ci`; `npm install
+            // --no-save` installs the same pinned versions and leaves the lockfile alone.
+            println!("cargo:warning={ci:#}; retrying with npm install --no-save");
+            install(&["install", "--no-save"])?;
+        }
     }
     run(
         Command::new(&npm)
