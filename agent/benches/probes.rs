@@ -108,8 +108,8 @@ fn main() {
         without.0.push(short_connections());
         without.1.push(long_connections());
         let observer = BackgroundObserver::start(ObserveOptions {
-            duration: None,
             interim_interval: Duration::from_secs(5),
+            ..ObserveOptions::default()
         })
         .expect("programs load");
         with.0.push(short_connections());

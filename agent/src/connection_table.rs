@@ -69,12 +69,14 @@ impl ConnectionTable {
         self.open.is_empty()
     }
 
-    /// Applies one kernel event; a `Closed` event yields the connection's final record.
+    /// Applies one kernel event. A `Closed` event yields the connection's final record;
+    /// an `Opened` event a first sight of it (outcome `open`), which is not reported but
+    /// lets the mesh-flow builder know the socket.
     pub fn apply(
         &mut self,
         kind: ConnectionEventKind,
         state: &ConnectionState,
-    ) -> Option<ConnectionRecord> {
+    ) -> ConnectionRecord {
         match kind {
             ConnectionEventKind::Opened => {
                 self.open.insert(
@@ -84,7 +86,7 @@ impl ConnectionTable {
                         reported: (0, 0),
                     },
                 );
-                None
+                ConnectionRecord::from_state(state, false, (0, 0), &self.clock)
             }
             ConnectionEventKind::Closed => {
                 // An `Opened` event lost to a full ring buffer still gets its final record.
@@ -92,14 +94,18 @@ impl ConnectionTable {
                     .open
                     .remove(&state.cookie)
                     .map_or((0, 0), |open| open.reported);
-                Some(ConnectionRecord::from_state(
-                    state,
-                    true,
-                    reported,
-                    &self.clock,
-                ))
+                ConnectionRecord::from_state(state, true, reported, &self.clock)
             }
         }
+    }
+
+    /// The current view of an open connection from its live kernel state.
+    pub fn live(&self, state: &ConnectionState) -> ConnectionRecord {
+        let reported = self
+            .open
+            .get(&state.cookie)
+            .map_or((0, 0), |open| open.reported);
+        ConnectionRecord::from_state(state, false, reported, &self.clock)
     }
 
     /// Interim records for connections not reported for an interval. `lookup` reads a
@@ -186,11 +192,8 @@ mod tests {
     #[test]
     fn interim_records_carry_deltas_and_final_record_the_rest() {
         let mut table = table();
-        assert!(
-            table
-                .apply(ConnectionEventKind::Opened, &state(7, 0, 0))
-                .is_none()
-        );
+        let opened = table.apply(ConnectionEventKind::Opened, &state(7, 0, 0));
+        assert_eq!((opened.outcome, opened.end_ns), (Outcome::Open, None));
         // Too early: no interim record.
         assert!(
             table
@@ -212,9 +215,7 @@ mod tests {
         );
         let mut closed = state(7, 300, 40);
         closed.close_ns = 21 * SECOND;
-        let last = table
-            .apply(ConnectionEventKind::Closed, &closed)
-            .expect("final record");
+        let last = table.apply(ConnectionEventKind::Closed, &closed);
         assert_eq!(last.outcome, Outcome::Closed);
         assert_eq!((last.bytes_sent, last.bytes_received), (300, 40));
         assert_eq!((last.bytes_sent_delta, last.bytes_received_delta), (50, 30));
@@ -232,9 +233,7 @@ mod tests {
     #[test]
     fn closed_without_opened_still_reports_totals() {
         let mut table = table();
-        let record = table
-            .apply(ConnectionEventKind::Closed, &state(3, 9, 8))
-            .unwrap();
+        let record = table.apply(ConnectionEventKind::Closed, &state(3, 9, 8));
         assert_eq!(
             (record.bytes_sent_delta, record.bytes_received_delta),
             (9, 8)

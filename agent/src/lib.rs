@@ -5,6 +5,7 @@
 //! 2. `connection_table`: turns their ring-buffer events into `record::ConnectionRecord`s.
 //! 3. `observe`: drives both and hands records to a sink (JSON lines on stdout).
 //! 4. `metadata`: names the addresses (static file, Kubernetes or none).
+//! 5. `mesh_flow`: joins the sockets of the app and the proxies into `mesh_flow` records.
 //!
 //! `check` tells whether this node can run any of it.
 
@@ -12,6 +13,7 @@ pub mod check;
 pub mod clock;
 pub mod connection_table;
 pub mod kernel_offsets;
+pub mod mesh_flow;
 pub mod metadata;
 pub mod observe;
 pub mod probes;

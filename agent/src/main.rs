@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use nephilia_agent::{
     check,
+    metadata::{MetadataSource, MetadataStore, kubernetes, static_file},
     observe::{self, ObserveOptions},
     probes::Probes,
 };
@@ -33,6 +34,8 @@ enum Command {
         /// Seconds between interim records of a long-lived connection.
         #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
         interim_interval: f64,
+        #[command(flatten)]
+        mesh: MeshArgs,
     },
     /// List the kernel features the agent needs and whether this node has them.
     Check,
@@ -41,6 +44,57 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Json,
+}
+
+/// Where names come from and which node this is.
+#[derive(clap::Args)]
+struct MeshArgs {
+    /// Metadata source: `static:FILE` (ztunnel local-config YAML), `kubernetes`, or `none`.
+    #[arg(long, default_value = "none")]
+    metadata: MetadataSource,
+    /// This node's name (the DaemonSet passes `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node_name: String,
+    /// SPIFFE trust domain of the mesh (Kubernetes metadata).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Cluster DNS domain for service hostnames (Kubernetes metadata).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+impl MeshArgs {
+    /// Starts the metadata source; Kubernetes keeps watching in the background.
+    async fn start(&self) -> anyhow::Result<MetadataStore> {
+        let store = MetadataStore::default();
+        match &self.metadata {
+            MetadataSource::None => {}
+            MetadataSource::Static(path) => {
+                let metadata = static_file::load(path)?;
+                tracing::info!(workloads = metadata.workload_count(), path = %path.display(), "static metadata loaded");
+                store.replace(metadata);
+            }
+            MetadataSource::Kubernetes => {
+                anyhow::ensure!(
+                    !self.node_name.is_empty(),
+                    "--metadata kubernetes needs --node-name (or NODE_NAME)"
+                );
+                let client = kubernetes::client().await?;
+                let options = kubernetes::ClusterOptions {
+                    node: self.node_name.clone(),
+                    trust_domain: self.trust_domain.clone(),
+                    cluster_domain: self.cluster_domain.clone(),
+                };
+                let watched = store.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = kubernetes::watch(client, options, watched).await {
+                        tracing::error!(%error, "kubernetes metadata stopped");
+                    }
+                });
+            }
+        }
+        Ok(store)
+    }
 }
 
 fn seconds(value: f64, name: &str) -> anyhow::Result<Duration> {
@@ -70,7 +124,8 @@ fn main() -> ExitCode {
             output: Output::Json,
             duration,
             interim_interval,
-        } => run_observe(duration, interim_interval),
+            mesh,
+        } => run_observe(duration, interim_interval, mesh),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,10 +160,17 @@ fn run_check() -> ExitCode {
 }
 
 #[tokio::main]
-async fn run_observe(duration: Option<f64>, interim_interval: f64) -> anyhow::Result<()> {
+async fn run_observe(
+    duration: Option<f64>,
+    interim_interval: f64,
+    mesh: MeshArgs,
+) -> anyhow::Result<()> {
     let options = ObserveOptions {
         duration: duration.map(|d| seconds(d, "duration")).transpose()?,
         interim_interval: seconds(interim_interval, "interim-interval")?,
+        metadata: mesh.start().await?,
+        node: mesh.node_name.clone(),
+        ..ObserveOptions::default()
     };
     let mut probes =
         Probes::load().context("loading the eBPF programs (try `nephilia-agent check`)")?;

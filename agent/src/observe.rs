@@ -4,12 +4,14 @@
 
 use std::{future::Future, time::Duration};
 
-use nephilia_common::{ConnectionEventKind, ProbeFailure};
+use nephilia_common::{ConnectionEventKind, ConnectionState, ProbeFailure};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
     clock::BootClock,
     connection_table::{self, ConnectionTable},
+    mesh_flow::{FlowBuilder, MeshPorts},
+    metadata::MetadataStore,
     probes::{self, Probes},
     record::Record,
 };
@@ -18,12 +20,18 @@ use crate::{
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How `observe` runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ObserveOptions {
     /// Stop after this long; `None` runs until `stop` resolves.
     pub duration: Option<Duration>,
     /// A connection open this long without a record gets an interim record.
     pub interim_interval: Duration,
+    /// Names addresses in `mesh_flow` records.
+    pub metadata: MetadataStore,
+    /// The node's name, reported in `mesh_flow` records.
+    pub node: String,
+    /// ztunnel's ports and mark.
+    pub mesh_ports: MeshPorts,
 }
 
 impl Default for ObserveOptions {
@@ -31,6 +39,9 @@ impl Default for ObserveOptions {
         Self {
             duration: None,
             interim_interval: Duration::from_secs(5),
+            metadata: MetadataStore::default(),
+            node: String::new(),
+            mesh_ports: MeshPorts::default(),
         }
     }
 }
@@ -59,23 +70,94 @@ pub struct Summary {
     pub probe_failures: Vec<(ProbeFailure, u64)>,
 }
 
+type ConnectionsMap<'a> = aya::maps::HashMap<&'a aya::maps::MapData, u64, ConnectionState>;
+
+/// Kernel events in, records out: connection table then mesh-flow builder.
+struct Pipeline<S> {
+    table: ConnectionTable,
+    flows: FlowBuilder,
+    summary: Summary,
+    sink: S,
+}
+
+impl<S: FnMut(Record)> Pipeline<S> {
+    fn emit(&mut self, record: Record) {
+        self.summary.records += 1;
+        (self.sink)(record);
+    }
+
+    /// Emits the flows whose sockets are all known.
+    fn flush_flows(&mut self, connections: &ConnectionsMap) {
+        let table = &self.table;
+        let mut lookup = |cookie| {
+            connections
+                .get(&cookie, 0)
+                .ok()
+                .map(|state| table.live(&state))
+        };
+        for flow in self.flows.flush(&mut lookup) {
+            self.emit(Record::MeshFlow(flow));
+        }
+    }
+
+    fn drain(
+        &mut self,
+        events: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        connections: &ConnectionsMap,
+    ) {
+        while let Some(item) = events.next() {
+            match connection_table::decode(&item) {
+                Ok((kind, state)) => {
+                    let record = self.table.apply(kind, &state);
+                    let opened = kind == ConnectionEventKind::Opened;
+                    self.flows.observe(&record, opened);
+                    if !opened {
+                        self.emit(Record::Connection(record));
+                    }
+                }
+                Err(error) => {
+                    self.summary.undecodable_events += 1;
+                    tracing::warn!(%error, "dropping undecodable ring buffer record");
+                }
+            }
+        }
+        self.flush_flows(connections);
+    }
+
+    fn interim(&mut self, connections: &ConnectionsMap) {
+        let now = BootClock::monotonic_now_ns();
+        let records = self
+            .table
+            .interim_records(now, |cookie| connections.get(&cookie, 0).ok());
+        for record in records {
+            self.flows.observe(&record, false);
+            self.emit(Record::Connection(record));
+        }
+        self.flush_flows(connections);
+    }
+}
+
 /// Observes until `options.duration` elapses or `stop` resolves, handing every record to
 /// `sink`.
 pub async fn observe(
     probes: &mut Probes,
     options: &ObserveOptions,
     stop: impl Future<Output = ()>,
-    mut sink: impl FnMut(Record),
+    sink: impl FnMut(Record),
 ) -> Result<Summary> {
     // SAFETY: the ring buffer owns its map's fd and keeps it open until it is dropped,
     // which happens with the `AsyncFd`.
     let mut events = unsafe { AsyncFd::register(probes.take_connection_events()?) }
         .map_err(std::io::Error::from)?;
-    let mut table = ConnectionTable::new(BootClock::sample(), options.interim_interval);
-    let mut summary = Summary::default();
-    let mut emit = |record, summary: &mut Summary| {
-        summary.records += 1;
-        sink(record);
+    let mut pipeline = Pipeline {
+        table: ConnectionTable::new(BootClock::sample(), options.interim_interval),
+        flows: FlowBuilder::new(
+            options.mesh_ports,
+            options.node.clone(),
+            options.metadata.clone(),
+        ),
+        summary: Summary::default(),
+        sink,
     };
     let deadline = async {
         match options.duration {
@@ -98,18 +180,14 @@ pub async fn observe(
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut ready = ready?;
-                drain(ready.get_inner_mut(), &mut table, &mut summary, &mut emit);
+                pipeline.drain(ready.get_inner_mut(), &probes.connections()?);
                 ready.clear_ready();
             }
             _ = drains.tick() => {
-                drain(events.get_mut(), &mut table, &mut summary, &mut emit);
+                pipeline.drain(events.get_mut(), &probes.connections()?);
             }
             _ = ticks.tick() => {
-                let connections = probes.connections()?;
-                let now = BootClock::monotonic_now_ns();
-                for record in table.interim_records(now, |cookie| connections.get(&cookie, 0).ok()) {
-                    emit(Record::Connection(record), &mut summary);
-                }
+                pipeline.interim(&probes.connections()?);
                 let failures = probes.failures()?;
                 warn_on_new_failures(&failures_seen, &failures);
                 failures_seen = failures;
@@ -119,32 +197,10 @@ pub async fn observe(
         }
     }
     // Whatever the kernel wrote before the stop still belongs to this observation.
-    drain(events.get_mut(), &mut table, &mut summary, &mut emit);
+    pipeline.drain(events.get_mut(), &probes.connections()?);
+    let mut summary = pipeline.summary;
     summary.probe_failures = probes.failures()?;
     Ok(summary)
-}
-
-fn drain(
-    events: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    table: &mut ConnectionTable,
-    summary: &mut Summary,
-    emit: &mut impl FnMut(Record, &mut Summary),
-) {
-    while let Some(item) = events.next() {
-        match connection_table::decode(&item) {
-            Ok((kind, state)) => {
-                if let Some(record) = table.apply(kind, &state) {
-                    emit(Record::Connection(record), summary);
-                } else if kind == ConnectionEventKind::Opened {
-                    tracing::trace!(cookie = state.cookie, "connection opened");
-                }
-            }
-            Err(error) => {
-                summary.undecodable_events += 1;
-                tracing::warn!(%error, "dropping undecodable ring buffer record");
-            }
-        }
-    }
 }
 
 fn warn_on_new_failures(before: &[(ProbeFailure, u64)], after: &[(ProbeFailure, u64)]) {

@@ -19,8 +19,8 @@ use netns::{CLIENT_IP, Pair, SERVER_IP, SILENT_IP, privileged};
 
 fn observer(interim_interval: Duration) -> BackgroundObserver {
     BackgroundObserver::start(ObserveOptions {
-        duration: None,
         interim_interval,
+        ..ObserveOptions::default()
     })
     .expect("programs load and attach")
 }
@@ -29,7 +29,10 @@ fn observer(interim_interval: Duration) -> BackgroundObserver {
 fn connections(records: &[Record], netns: u32) -> Vec<ConnectionRecord> {
     records
         .iter()
-        .map(|Record::Connection(record)| record)
+        .filter_map(|record| match record {
+            Record::Connection(record) => Some(record),
+            Record::MeshFlow(_) => None,
+        })
         .filter(|record| record.netns == netns)
         .cloned()
         .collect()
