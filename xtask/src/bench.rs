@@ -8,19 +8,30 @@ use crate::{run_command, step};
 pub enum Bench {
     /// Loopback connections/s and throughput with and without the probes attached.
     Probes,
+    /// L7 parser throughput (MB/s) per protocol over the captured corpus.
+    L7,
+    /// Graph server ingest records/s per core and graph query latency at 100/1k/10k edges.
+    Server,
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
-    match bench {
-        Bench::Probes => {
-            step("bench probes: alternating rounds without and with the programs attached");
-            run_command(crate::cargo().args([
-                "bench",
-                "--package",
-                "nephilia-agent",
-                "--bench",
-                "probes",
-            ]))
-        }
-    }
+    let (package, target, what) = match bench {
+        Bench::Probes => (
+            "nephilia-agent",
+            "probes",
+            "alternating rounds without and with the programs attached",
+        ),
+        Bench::L7 => (
+            "nephilia-l7",
+            "parsers",
+            "parser throughput on the captured corpus",
+        ),
+        Bench::Server => (
+            "nephilia-graph-server",
+            "server",
+            "ingest and graph queries at 100, 1 000 and 10 000 edges",
+        ),
+    };
+    step(&format!("bench {target}: {what}"));
+    run_command(crate::cargo().args(["bench", "--package", package, "--bench", target]))
 }

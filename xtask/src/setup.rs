@@ -7,8 +7,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{run_command, step};
 
-/// Debian packages: LLVM 22 for bpf-linker, iproute2/iptables/procps for the network
-/// namespaces of the tests and the testbed.
+/// Debian packages: LLVM 22 for bpf-linker; iproute2/iptables/procps for the network
+/// namespaces of the tests and the testbed; Chromium (and an emoji font for the UI's
+/// lock glyph) for the browser tests.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -17,6 +18,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "procps",
+    "chromium",
+    "fonts-noto-color-emoji",
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and the aya 0.14 line.
@@ -44,6 +47,7 @@ fn output(command: &mut Command) -> Option<String> {
 
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
+    node()?;
     rust_src()?;
     bpf_linker()?;
     tracefs()?;
@@ -84,6 +88,49 @@ fn debian_packages() -> anyhow::Result<()> {
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// The web UI is built with npm by `graph-server/build.rs`: Node.js 20+ must be there.
+fn node() -> anyhow::Result<()> {
+    let version = output(Command::new("node").arg("--version"));
+    let npm = output(Command::new("npm").arg("--version"));
+    let major = version.as_deref().and_then(|v| {
+        v.trim()
+            .trim_start_matches('v')
+            .split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
+    match (major, npm) {
+        (Some(major), Some(npm)) if major >= 20 => {
+            step(&format!(
+                "Node.js {} and npm {}: present",
+                version.unwrap_or_default().trim(),
+                npm.trim()
+            ));
+            return Ok(());
+        }
+        _ => {}
+    }
+    step("Node.js 20+ and npm: installing from Debian");
+    if !is_root() {
+        bail!(
+            "Node.js 20+ and npm are needed to build the web UI: install them (`sudo apt-get install nodejs npm`)"
+        );
+    }
+    run_command(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "nodejs",
+                "npm",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
