@@ -6,6 +6,7 @@
 //! 3. `observe`: drives both and hands records to a sink (JSON lines on stdout).
 //! 4. `metadata`: names the addresses (static file, Kubernetes or none).
 //! 5. `mesh_flow`: joins the sockets of the app and the proxies into `mesh_flow` records.
+//! 6. `report`: streams the records to the graph server (`nephilia-agent run`).
 //!
 //! `check` tells whether this node can run any of it.
 
@@ -18,3 +19,4 @@ pub mod metadata;
 pub mod observe;
 pub mod probes;
 pub mod record;
+pub mod report;

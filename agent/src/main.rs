@@ -1,5 +1,5 @@
 //! `nephilia-agent`: see `nephilia_agent` for the data path.
-use std::{io::Write as _, process::ExitCode, time::Duration};
+use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -8,6 +8,7 @@ use nephilia_agent::{
     metadata::{MetadataSource, MetadataStore, kubernetes, static_file},
     observe::{self, ObserveOptions},
     probes::Probes,
+    report::{self, AgentFacts, Outbox, ReporterOptions, TlsFiles},
 };
 
 #[derive(Parser)]
@@ -31,6 +32,29 @@ enum Command {
         /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
         #[arg(long, value_name = "SECONDS")]
         duration: Option<f64>,
+        /// Seconds between interim records of a long-lived connection.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+        interim_interval: f64,
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// Stream records to the graph server (what the DaemonSet runs).
+    Run {
+        /// The graph server's gRPC address, e.g. `http://nephilia-server.nephilia-system.svc:9697`.
+        #[arg(long)]
+        server: String,
+        /// Client certificate (PEM) for mutual TLS; needs --tls-key and --tls-ca.
+        #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+        tls_cert: Option<PathBuf>,
+        /// Client key (PEM) for mutual TLS.
+        #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+        tls_key: Option<PathBuf>,
+        /// CA (PEM) that signed the server's certificate.
+        #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+        tls_ca: Option<PathBuf>,
+        /// Records kept while the server is unreachable; beyond, they are counted as unsent.
+        #[arg(long, default_value_t = 100_000)]
+        buffer_records: usize,
         /// Seconds between interim records of a long-lived connection.
         #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
         interim_interval: f64,
@@ -126,6 +150,22 @@ fn main() -> ExitCode {
             interim_interval,
             mesh,
         } => run_observe(duration, interim_interval, mesh),
+        Command::Run {
+            server,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            buffer_records,
+            interim_interval,
+            mesh,
+        } => {
+            let mut options = ReporterOptions::new(server, mesh.node_name.clone());
+            options.buffer_records = buffer_records;
+            if let (Some(cert), Some(key), Some(ca)) = (tls_cert, tls_key, tls_ca) {
+                options.tls = Some(TlsFiles { cert, key, ca });
+            }
+            run_reporting(options, interim_interval, mesh)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -204,6 +244,50 @@ async fn run_observe(
         Some(error) => Err(error).context("writing records to stdout"),
         None => Ok(()),
     }
+}
+
+#[tokio::main]
+async fn run_reporting(
+    reporter: ReporterOptions,
+    interim_interval: f64,
+    mesh: MeshArgs,
+) -> anyhow::Result<()> {
+    report::validate(&reporter).await?;
+    let outbox = Outbox::new(reporter.buffer_records);
+    let failures = Arc::clone(&outbox);
+    let options = ObserveOptions {
+        interim_interval: seconds(interim_interval, "interim-interval")?,
+        metadata: mesh.start().await?,
+        node: mesh.node_name.clone(),
+        on_probe_failures: Some(Arc::new(move |counters: &[_]| {
+            failures.set_probe_failures(counters.to_vec());
+        })),
+        ..ObserveOptions::default()
+    };
+    let mut probes =
+        Probes::load().context("loading the eBPF programs (try `nephilia-agent check`)")?;
+    let facts = AgentFacts {
+        attached_programs: probes.attached().iter().map(|p| (*p).to_owned()).collect(),
+        kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    tracing::info!(server = %reporter.server, node = %reporter.node, "reporting to the graph server");
+    let reporting = tokio::spawn(report::run(reporter, facts, Arc::clone(&outbox)));
+    let queued = Arc::clone(&outbox);
+    let summary = observe::observe(&mut probes, &options, shutdown_signal(), move |record| {
+        queued.push(&record);
+    })
+    .await?;
+    reporting.abort();
+    tracing::info!(
+        records = summary.records,
+        unsent = outbox.unsent(),
+        still_queued = outbox.len(),
+        "stopped; programs detached"
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -32,7 +32,13 @@ pub struct ObserveOptions {
     pub node: String,
     /// ztunnel's ports and mark.
     pub mesh_ports: MeshPorts,
+    /// Told the in-kernel failure counters at every interim tick (the reporter puts them
+    /// in heartbeats).
+    pub on_probe_failures: Option<ProbeFailureSink>,
 }
+
+/// Receives the in-kernel failure counters.
+pub type ProbeFailureSink = std::sync::Arc<dyn Fn(&[(ProbeFailure, u64)]) + Send + Sync>;
 
 impl Default for ObserveOptions {
     fn default() -> Self {
@@ -42,6 +48,7 @@ impl Default for ObserveOptions {
             metadata: MetadataStore::default(),
             node: String::new(),
             mesh_ports: MeshPorts::default(),
+            on_probe_failures: None,
         }
     }
 }
@@ -190,6 +197,9 @@ pub async fn observe(
                 pipeline.interim(&probes.connections()?);
                 let failures = probes.failures()?;
                 warn_on_new_failures(&failures_seen, &failures);
+                if let Some(sink) = &options.on_probe_failures {
+                    sink(&failures);
+                }
                 failures_seen = failures;
             }
             () = &mut stop => break,

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. `setup` installs what building and testing
 //! need (idempotently); `test`, `demo` and `bench` run it first.
 mod bench;
+mod demo;
 mod setup;
 
 use std::process::Command;
@@ -21,8 +22,13 @@ enum Task {
     Setup,
     /// Set up, then check formatting, lint (host and eBPF crates) and run every test.
     Test,
-    /// Set up, build, and watch this machine's TCP connections live.
-    Demo,
+    /// Set up, build, and run a local ambient mesh with live traffic, the agent and the
+    /// graph server; prints the UI's URL and runs until Ctrl-C.
+    Demo {
+        /// Stop after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u64>,
+    },
     /// Set up, then run a benchmark.
     Bench {
         #[command(subcommand)]
@@ -38,9 +44,9 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             test()
         }
-        Task::Demo => {
+        Task::Demo { duration } => {
             setup::run()?;
-            demo()
+            demo::run(duration.map(std::time::Duration::from_secs))
         }
         Task::Bench { bench } => {
             setup::run()?;
@@ -116,14 +122,4 @@ fn test() -> anyhow::Result<()> {
     run_command(cargo().args(["test", "--release", "--", "--test-threads=1"]))?;
     step("all checks and tests passed");
     Ok(())
-}
-
-fn demo() -> anyhow::Result<()> {
-    step("building nephilia-agent");
-    run_command(cargo().args(["build", "--release", "--package", "nephilia-agent"]))?;
-    let agent = workspace_root().join("target/release/nephilia-agent");
-    step("checking this node");
-    run_command(Command::new(&agent).arg("check"))?;
-    step("observing TCP connections on this machine (Ctrl-C to stop)");
-    run_command(Command::new(&agent).args(["observe", "--output", "json"]))
 }
