@@ -94,9 +94,7 @@ impl MeshArgs {
         match &self.metadata {
             MetadataSource::None => {}
             MetadataSource::Static(path) => {
-                let metadata = static_file::load(path)?;
-                tracing::info!(workloads = metadata.workload_count(), path = %path.display(), "static metadata loaded");
-                store.replace(metadata);
+                static_file::watch(path.clone(), store.clone()).await?;
             }
             MetadataSource::Kubernetes => {
                 anyhow::ensure!(

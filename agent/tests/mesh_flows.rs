@@ -257,3 +257,70 @@ fn pod_not_enrolled_talks_directly_without_mtls() {
     );
     assert_eq!(server[0].destination.workload, "server");
 }
+
+/// A slow connect from the destination proxy to its app shows in the server half's
+/// `upstream_connect_us` and in the client half's `tunnel_setup_us` (the source proxy
+/// relays only once the CONNECT was answered, after that connect). The delay is the
+/// kernel's own initial retransmission timeout (1 s): the first SYN to the app is dropped
+/// (this kernel has no netem to add a smaller fixed delay).
+#[test]
+fn a_slow_upstream_connect_shows_in_upstream_connect_and_tunnel_setup() {
+    if !netns::privileged("a_slow_upstream_connect_shows_in_upstream_connect_and_tunnel_setup") {
+        return;
+    }
+    let mesh = mesh();
+    let observer = observer(&mesh);
+    // A warm pool: the tunnel setup then holds no TCP or TLS handshake to the peer.
+    exchange(&mesh, "client-0", SERVICE);
+    let status = mesh
+        .command("server-0", "iptables")
+        .unwrap()
+        .args([
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--syn",
+            "--dport",
+            "8080",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            "2",
+            "--packet",
+            "0",
+            "-j",
+            "DROP",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (_, received) = exchange(&mesh, "client-0", SERVICE);
+    assert!(received > 0);
+    settle();
+    let (records, _) = observer.stop().unwrap();
+    let flows = flows(&records);
+
+    let server = side(&flows, ConnectionRole::Server, "client");
+    assert_eq!(server.len(), 2, "{flows:#?}");
+    assert!(
+        server[0].upstream_connect_us.unwrap() < 100_000,
+        "{:?}",
+        server[0]
+    );
+    let upstream = server[1].upstream_connect_us.unwrap();
+    assert!(
+        (900_000..1_300_000).contains(&upstream),
+        "upstream connect {upstream} µs"
+    );
+    let client = side(&flows, ConnectionRole::Client, "client");
+    assert_eq!(client.len(), 2, "{flows:#?}");
+    assert_eq!(client[1].tunnel_reused, Some(true));
+    let setup = client[1].tunnel_setup_us.unwrap();
+    assert!(
+        setup >= upstream && setup < upstream + 300_000,
+        "tunnel setup {setup} µs, upstream connect {upstream} µs"
+    );
+}

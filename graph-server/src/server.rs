@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::api::{AppState, Clock, app};
 use crate::config::ServerArgs;
@@ -29,11 +30,36 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    /// mTLS flags were given but this build has no TLS support.
-    #[error(
-        "--tls-cert/--tls-key/--tls-ca: mTLS for ingest is not implemented yet; run without them"
-    )]
-    TlsUnsupported,
+    /// A TLS file could not be read.
+    #[error("cannot read {flag} file {path}: {source}")]
+    TlsFile {
+        flag: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Mutual TLS for ingest: the server presents `--tls-cert`/`--tls-key` and accepts only
+/// agents whose certificate `--tls-ca` signed.
+pub fn ingest_tls(args: &ServerArgs) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) else {
+        return Ok(None);
+    };
+    let read = |flag, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile {
+            flag,
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    Ok(Some(
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                read("--tls-cert", cert)?,
+                read("--tls-key", key)?,
+            ))
+            .client_ca_root(Certificate::from_pem(read("--tls-ca", ca)?)),
+    ))
 }
 
 /// The state a server with these flags starts from.
@@ -53,9 +79,14 @@ pub fn state(args: &ServerArgs) -> Arc<AppState> {
 pub async fn serve_grpc(
     listener: TcpListener,
     state: Arc<AppState>,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(IngestService::new(state).into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
@@ -67,9 +98,7 @@ pub async fn run(
     args: ServerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if args.tls_cert.is_some() {
-        return Err(ServeError::TlsUnsupported);
-    }
+    let tls = ingest_tls(&args)?;
     let state = state(&args);
     let bind = |addr| async move {
         TcpListener::bind(addr)
@@ -102,7 +131,7 @@ pub async fn run(
     };
     let http_server =
         axum::serve(http, app(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let grpc_server = serve_grpc(grpc, state, stopped(stop_rx));
+    let grpc_server = serve_grpc(grpc, state, tls, stopped(stop_rx));
     let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
     ticker.abort();
     http_result.map_err(ServeError::Http)?;

@@ -42,7 +42,7 @@ async fn server() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve_grpc(listener, state.clone(), async {
+    tokio::spawn(serve_grpc(listener, state.clone(), None, async {
         let _ = stopped.await;
     }));
     Server {
@@ -235,4 +235,98 @@ async fn wrong_version_too_many_records_and_oversized_messages_are_refused() {
             ("version", 1)
         ]
     );
+}
+
+/// A CA and a leaf it signed, PEM.
+struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        Self { ca }
+    }
+
+    /// (certificate, key) for `localhost`.
+    fn leaf(&self) -> (String, String) {
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let pki = Pki::new("nephilia test CA");
+    let (server_cert, server_key) = pki.leaf();
+    let dir = std::env::temp_dir().join(format!("nephilia-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let args = nephilia_graph_server::config::ServerArgs {
+        tls_cert: Some(write("server.pem", &server_cert)),
+        tls_key: Some(write("server.key", &server_key)),
+        tls_ca: Some(write("ca.pem", &pki.ca.pem())),
+        ..<nephilia_graph_server::config::ServerArgs as clap::Parser>::parse_from([
+            "nephilia-server",
+        ])
+    };
+    let tls = nephilia_graph_server::server::ingest_tls(&args).unwrap();
+    let state = nephilia_graph_server::server::state(&args);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve_grpc(listener, state, tls, std::future::pending()));
+
+    let connect = |identity: Option<(String, String)>| {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(pki.ca.pem()))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        let endpoint = Endpoint::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(config)
+            .unwrap();
+        async move {
+            let channel = endpoint.connect().await?;
+            let mut client = IngestClient::new(channel);
+            let messages = vec![AgentMessage::heartbeat(Heartbeat {
+                node: "node-a".into(),
+                ..Heartbeat::current()
+            })];
+            Ok::<_, Box<dyn std::error::Error>>(
+                client
+                    .report(tokio_stream::iter(messages))
+                    .await?
+                    .into_inner(),
+            )
+        }
+    };
+    let summary = connect(Some(pki.leaf()))
+        .await
+        .expect("a client the CA signed");
+    assert_eq!(summary.heartbeats, 1);
+    assert!(
+        connect(None).await.is_err(),
+        "a client without a certificate"
+    );
+    let stranger = Pki::new("another CA");
+    assert!(
+        connect(Some(stranger.leaf())).await.is_err(),
+        "a client another CA signed"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -63,6 +63,28 @@ impl Drop for Running {
     }
 }
 
+/// Waits until the agent's first heartbeat reached the server (its programs are attached).
+fn wait_for_agent() -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = std::net::TcpStream::connect(HTTP_ADDR) {
+            let request = format!(
+                "GET /api/v1/agents HTTP/1.1\r\nhost: {HTTP_ADDR}\r\nconnection: close\r\n\r\n"
+            );
+            let mut response = String::new();
+            if stream.write_all(request.as_bytes()).is_ok()
+                && stream.read_to_string(&mut response).is_ok()
+                && response.contains("demo-host")
+            {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!("the agent did not report to the server within a minute (see its log above)")
+}
+
 pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
     let root = workspace_root();
     step("building the agent, the graph server (with its web UI) and the testbed");
@@ -98,9 +120,27 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
         ]),
     )?;
 
-    step("bringing up the ambient mesh (testbed/scenarios/demo.yaml)");
+    // The agent starts before the mesh, so it sees every connection from the first one
+    // (pooled HBONE connections included); it loads the mesh's metadata file once the
+    // testbed writes it.
     let metadata = format!("/run/nephilia-testbed/{PREFIX}-metadata.yaml");
     let _ = std::fs::remove_file(&metadata);
+    step("starting the agent");
+    let agent = Running::start(
+        "nephilia-agent",
+        Command::new(bin("nephilia-agent")).args([
+            "run",
+            "--server",
+            &format!("http://{GRPC_ADDR}"),
+            "--metadata",
+            &format!("static:{metadata}"),
+            "--node-name",
+            "demo-host",
+        ]),
+    )?;
+    wait_for_agent()?;
+
+    step("bringing up the ambient mesh (testbed/scenarios/demo.yaml)");
     let mut testbed = Running::start(
         "nephilia-testbed",
         Command::new(bin("nephilia-testbed")).args([
@@ -123,20 +163,6 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-
-    step("starting the agent");
-    let agent = Running::start(
-        "nephilia-agent",
-        Command::new(bin("nephilia-agent")).args([
-            "run",
-            "--server",
-            &format!("http://{GRPC_ADDR}"),
-            "--metadata",
-            &format!("static:{metadata}"),
-            "--node-name",
-            "demo-host",
-        ]),
-    )?;
 
     eprintln!(
         "\n\x1b[1mNephilia UI: http://{HTTP_ADDR}/\x1b[0m\n\

@@ -287,7 +287,6 @@ impl FlowBuilder {
             None => None,
         };
 
-        let service = metadata.service_by_vip(app.remote.ip());
         let (path, destination_ip, tunnel_reused, tunnel_connect_us) = match &upstream {
             Some((SocketKind::TunnelClient, tunnel)) => {
                 let ip = tunnel.remote.parse::<SocketAddr>().ok().map(|a| a.ip());
@@ -300,13 +299,7 @@ impl FlowBuilder {
             }
             None => (MeshPath::Hbone, None, None, None),
         };
-        let destination_ip = destination_ip.unwrap_or(app.remote.ip());
-        let port = service
-            .and_then(|s| s.ports.get(&app.remote.port()).copied())
-            .unwrap_or(app.remote.port());
-        let mut destination = peer(metadata, destination_ip);
-        destination.service = service.map(|s| s.hostname.clone()).unwrap_or_default();
-        destination.port = port;
+        let destination = destination_peer(metadata, app.remote, destination_ip);
 
         let outcome = if app.record.end_ns.is_none() {
             FlowOutcome::Open
@@ -353,12 +346,7 @@ impl FlowBuilder {
         if source.protocol == Protocol::Hbone {
             return None;
         }
-        let service = metadata.service_by_vip(app.remote.ip());
-        let mut destination = peer(metadata, app.remote.ip());
-        destination.service = service.map(|s| s.hostname.clone()).unwrap_or_default();
-        destination.port = service
-            .and_then(|s| s.ports.get(&app.remote.port()).copied())
-            .unwrap_or(app.remote.port());
+        let destination = destination_peer(metadata, app.remote, None);
         Some(self.plain_flow(
             app,
             ConnectionRole::Client,
@@ -508,6 +496,28 @@ fn destination_candidates(metadata: &MeshMetadata, dialled: SocketAddr) -> Vec<I
             .collect(),
         None => vec![dialled.ip()],
     }
+}
+
+/// The peer an app connection to `dialled` reached: the pod at `reached` when the
+/// upstream is known, else — a connection whose pooled tunnel opened before the agent
+/// started, or a direct one — the service's only endpoint, or the service alone.
+fn destination_peer(metadata: &MeshMetadata, dialled: SocketAddr, reached: Option<IpAddr>) -> Peer {
+    let service = metadata.service_by_vip(dialled.ip());
+    let ip = reached.unwrap_or_else(|| match service.map(|s| metadata.endpoints(s)).as_deref() {
+        Some([only]) => only.ips.first().copied().unwrap_or(dialled.ip()),
+        _ => dialled.ip(),
+    });
+    let mut destination = peer(metadata, ip);
+    destination.port = service
+        .and_then(|s| s.ports.get(&dialled.port()).copied())
+        .unwrap_or(dialled.port());
+    if let Some(service) = service {
+        destination.service = service.hostname.clone();
+        if destination.namespace.is_empty() {
+            destination.namespace = service.namespace.clone();
+        }
+    }
+    destination
 }
 
 /// A peer named from metadata, or only its address.

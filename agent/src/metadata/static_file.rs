@@ -159,6 +159,43 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshMetadata> {
     Ok(MeshMetadata::new(workloads, services))
 }
 
+/// How often `watch` looks at the file.
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps `store` equal to the file: loads it now if it exists (a bad file is an error),
+/// then reloads it whenever it changes. A file that does not exist yet (the testbed
+/// writes it when its mesh is up) or a bad later version is logged and waited for; the
+/// last good metadata stays in use.
+pub async fn watch(path: std::path::PathBuf, store: super::MetadataStore) -> Result<()> {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut loaded = modified(&path);
+    match loaded {
+        Some(_) => store.replace(load(&path)?),
+        None => {
+            tracing::warn!(path = %path.display(), "metadata file does not exist yet; waiting for it")
+        }
+    }
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let now = modified(&path);
+            if now.is_none() || now == loaded {
+                continue;
+            }
+            loaded = now;
+            match load(&path) {
+                Ok(metadata) => {
+                    tracing::info!(path = %path.display(), workloads = metadata.workload_count(), "metadata loaded");
+                    store.replace(metadata);
+                }
+                Err(error) => tracing::warn!(%error, "keeping the previous metadata"),
+            }
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,9 @@ const BACKLOG: i32 = 1024;
 fn marked_socket() -> io::Result<Socket> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.set_mark(PROXY_MARK)?;
+    // ztunnel sets TCP_NODELAY on its sockets (accepted ones inherit it from the
+    // listener); without it a CONNECT round trip waits out the peer's delayed ACK (~40 ms).
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }
