@@ -160,7 +160,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MeshMetadata> {
 }
 
 /// How often `watch` looks at the file.
-pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Keeps `store` equal to the file: loads it now if it exists (a bad file is an error),
 /// then reloads it whenever it changes. A file that does not exist yet (the testbed
