@@ -120,6 +120,32 @@ fn hole_inside_a_body_of_known_length_keeps_step() {
 }
 
 #[test]
+fn hole_that_ends_a_body_completes_the_exchange_at_once() {
+    let mut parser = ConnectionParser::new(ParserLimits::default());
+    parser.feed(C, 100, 1, b"GET /big HTTP/1.1\r\n\r\n");
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    parser.feed(S, 500, 2, head);
+    parser.feed(S, 500 + head.len() as u32, 3, &[b'x'; 100]);
+    // The segment's last 900 bytes were not copied: the response is over now, not when
+    // the next message arrives.
+    parser.gap(S, 900);
+    let got: Vec<_> = parser
+        .drain_exchanges()
+        .map(|e| (e.path, e.status, e.response_bytes, e.latency_ns))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(
+            "/big".to_owned(),
+            Some(200),
+            head.len() as u64 + 1000,
+            Some(2)
+        )]
+    );
+    assert_eq!(parser.counters().total_errors(), 0);
+}
+
+#[test]
 fn hole_past_a_body_resynchronises_on_the_next_message() {
     let mut parser = ConnectionParser::new(ParserLimits::default());
     parser.feed(C, 0, 1, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");

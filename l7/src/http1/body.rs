@@ -99,7 +99,9 @@ impl BodyReader {
 
     pub(crate) fn gap(&mut self, missing: u64) -> GapOutcome {
         match self {
-            Self::Length { remaining } if missing <= *remaining => {
+            // A hole that takes the body's last byte ends the message now: waiting for the
+            // next byte would date the response's end by the next message's.
+            Self::Length { remaining } if missing < *remaining => {
                 *remaining -= missing;
                 GapOutcome::Absorbed
             }
