@@ -19,11 +19,20 @@ pub enum ProbeFailure {
     ErrorReportReadFailed = 5,
     /// `tcp_receive_reset` or `tcp_retransmit_skb`: a kernel read failed.
     ResetReadFailed = 6,
+    /// `l7_capture_*`: the L7 ring buffer had no room for a segment record.
+    L7RingBufferFull = 7,
+    /// `l7_capture_*`: a segment's payload was copied only in part (the per-connection
+    /// budget or the per-segment cap); the rest reaches the parsers as a gap.
+    L7OverBudget = 8,
+    /// `l7_capture_*`: the per-CPU scratch or the budget map was unavailable.
+    L7MapFull = 9,
+    /// `l7_capture_*`: reading the packet (`bpf_skb_load_bytes`) failed.
+    L7ReadFailed = 10,
 }
 
 impl ProbeFailure {
     /// Every counter, in index order.
-    pub const ALL: [ProbeFailure; 7] = [
+    pub const ALL: [ProbeFailure; 11] = [
         ProbeFailure::SetStateRingBufferFull,
         ProbeFailure::SetStateMapFull,
         ProbeFailure::SetStateReadFailed,
@@ -31,6 +40,10 @@ impl ProbeFailure {
         ProbeFailure::DestroyReadFailed,
         ProbeFailure::ErrorReportReadFailed,
         ProbeFailure::ResetReadFailed,
+        ProbeFailure::L7RingBufferFull,
+        ProbeFailure::L7OverBudget,
+        ProbeFailure::L7MapFull,
+        ProbeFailure::L7ReadFailed,
     ];
 
     /// Number of counters, the size of `PROBE_FAILURES`.
@@ -46,6 +59,10 @@ impl ProbeFailure {
             Self::DestroyReadFailed => ("tcp_destroy_sock", "read_failed"),
             Self::ErrorReportReadFailed => ("inet_sk_error_report", "read_failed"),
             Self::ResetReadFailed => ("tcp_receive_reset", "read_failed"),
+            Self::L7RingBufferFull => ("l7_capture", "ring_buffer_full"),
+            Self::L7OverBudget => ("l7_capture", "over_budget"),
+            Self::L7MapFull => ("l7_capture", "map_full"),
+            Self::L7ReadFailed => ("l7_capture", "read_failed"),
         }
     }
 }

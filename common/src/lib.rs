@@ -6,8 +6,10 @@
 
 pub mod connection;
 pub mod failure;
+pub mod l7;
 pub mod offsets;
 
 pub use connection::{ConnectionEvent, ConnectionEventKind, ConnectionState, Endpoint, Role};
 pub use failure::ProbeFailure;
+pub use l7::{L7Budget, L7FlowKey, L7Segment};
 pub use offsets::KernelOffsets;

@@ -45,7 +45,7 @@ const MSG_PEEK: i32 = 2;
 
 /// Connections being tracked, keyed by socket cookie.
 #[map]
-static CONNECTIONS: HashMap<u64, ConnectionState> = HashMap::with_max_entries(65_536, 0);
+pub(crate) static CONNECTIONS: HashMap<u64, ConnectionState> = HashMap::with_max_entries(65_536, 0);
 
 /// `ConnectionEvent`s for the agent.
 #[map]
@@ -65,7 +65,7 @@ static SCRATCH: PerCpuArray<ConnectionState> = PerCpuArray::with_max_entries(1, 
 #[map]
 static PROBE_FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProbeFailure::COUNT, 0);
 
-fn count(failure: ProbeFailure) {
+pub(crate) fn count(failure: ProbeFailure) {
     if let Some(counter) = PROBE_FAILURES.get_ptr_mut(failure as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe { *counter += 1 };

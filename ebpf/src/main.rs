@@ -1,7 +1,8 @@
-//! Nephilia's kernel programs. Only portable hooks are used (BTF tracepoints here);
-//! kprobes and fentry/fexit are not available on the nodes Nephilia targets.
+//! Nephilia's kernel programs. Only portable hooks are used (BTF tracepoints and TC
+//! classifiers); kprobes and fentry/fexit are not available on the nodes Nephilia targets.
 //!
 //! - `connection.rs`: the TCP connection lifecycle (`connection` records).
+//! - `l7.rs`: payload prefixes of the pod's plaintext hop for the L7 parsers (`request` records).
 #![no_std]
 #![no_main]
 // `atomic_xadd` is the only atomic add the BPF target lowers (to `BPF_XADD`).
@@ -10,6 +11,7 @@
 
 mod connection;
 mod kernel;
+mod l7;
 
 #[cfg(not(test))]
 #[panic_handler]
