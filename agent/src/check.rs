@@ -2,7 +2,11 @@
 
 use std::path::Path;
 
-use crate::{kernel_offsets, probes};
+use crate::{
+    kernel_offsets,
+    l7_capture::{TcAttachMode, attach},
+    probes,
+};
 
 /// One feature and whether it is present.
 #[derive(Clone, Debug)]
@@ -129,13 +133,26 @@ fn cgroup2() -> Finding {
 /// tracepoints and the verifier in one go; they are detached again at once.
 fn programs() -> Vec<Finding> {
     match probes::Probes::load() {
-        Ok(probes) => {
+        Ok(mut probes) => {
             let mut findings = vec![Finding::present("ring buffer, hash and per-CPU array maps")];
             findings.extend(
                 probes
                     .attached()
                     .iter()
                     .map(|tracepoint| Finding::present(format!("BTF tracepoint {tracepoint}"))),
+            );
+            let feature = format!(
+                "TC classifiers {} on lo of a scratch network namespace",
+                probes::L7_PROGRAMS.join(", ")
+            );
+            findings.push(
+                match attach::probe_attach(&mut probes, TcAttachMode::Auto) {
+                    Ok(how) => Finding::present(format!("{feature} ({how})")),
+                    Err(error) => Finding::missing(
+                        feature,
+                        format!("{error}; L7 capture needs TC (clsact or TCX) and CAP_NET_ADMIN"),
+                    ),
+                },
             );
             findings
         }

@@ -7,6 +7,8 @@
 //! 4. `metadata`: names the addresses (static file, Kubernetes or none).
 //! 5. `mesh_flow`: joins the sockets of the app and the proxies into `mesh_flow` records.
 //! 6. `report`: streams the records to the graph server (`nephilia-agent run`).
+//! 7. `l7_capture`: copies the plaintext hop's heads on each pod's `lo` and parses them
+//!    into `request` records.
 //!
 //! `check` tells whether this node can run any of it.
 
@@ -14,6 +16,7 @@ pub mod check;
 pub mod clock;
 pub mod connection_table;
 pub mod kernel_offsets;
+pub mod l7_capture;
 pub mod mesh_flow;
 pub mod metadata;
 pub mod observe;

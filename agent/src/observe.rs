@@ -1,6 +1,7 @@
-//! The agent's main loop: drains the ring buffer as the kernel fills it (woken by epoll,
-//! never polling), keeps the connection table, emits interim records on a timer, and
-//! watches the in-kernel failure counters.
+//! The agent's main loop: drains the ring buffers as the kernel fills them (woken by
+//! epoll, never polling), keeps the connection table, emits interim records on a timer,
+//! keeps the L7 capture attached in the pod namespaces, and watches the in-kernel failure
+//! counters.
 
 use std::{future::Future, time::Duration};
 
@@ -10,6 +11,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     clock::BootClock,
     connection_table::{self, ConnectionTable},
+    l7_capture::{self, Attachments, L7Options, RequestTracker, attach::Direction},
     mesh_flow::{FlowBuilder, MeshPorts},
     metadata::MetadataStore,
     probes::{self, Probes},
@@ -35,6 +37,8 @@ pub struct ObserveOptions {
     /// Told the in-kernel failure counters at every interim tick (the reporter puts them
     /// in heartbeats).
     pub on_probe_failures: Option<ProbeFailureSink>,
+    /// L7 capture (`request` records).
+    pub l7: L7Options,
 }
 
 /// Receives the in-kernel failure counters.
@@ -49,6 +53,7 @@ impl Default for ObserveOptions {
             node: String::new(),
             mesh_ports: MeshPorts::default(),
             on_probe_failures: None,
+            l7: L7Options::default(),
         }
     }
 }
@@ -75,6 +80,13 @@ pub struct Summary {
     pub undecodable_events: u64,
     /// In-kernel failure counters at the end.
     pub probe_failures: Vec<(ProbeFailure, u64)>,
+    /// L7 capture hooks attached at the end (namespace inode, interface, hook), all
+    /// detached since.
+    pub l7_hooks: Vec<(u64, String, Direction)>,
+    /// What the L7 parsers did.
+    pub l7: l7_capture::requests::TrackerCounters,
+    /// L7 ring-buffer records that did not decode.
+    pub undecodable_segments: u64,
 }
 
 type ConnectionsMap<'a> = aya::maps::HashMap<&'a aya::maps::MapData, u64, ConnectionState>;
@@ -83,6 +95,7 @@ type ConnectionsMap<'a> = aya::maps::HashMap<&'a aya::maps::MapData, u64, Connec
 struct Pipeline<S> {
     table: ConnectionTable,
     flows: FlowBuilder,
+    requests: RequestTracker,
     summary: Summary,
     sink: S,
 }
@@ -119,6 +132,9 @@ impl<S: FnMut(Record)> Pipeline<S> {
                     let opened = kind == ConnectionEventKind::Opened;
                     self.flows.observe(&record, opened);
                     if !opened {
+                        if record.end_ns.is_some() {
+                            self.requests.connection_closed(&record);
+                        }
                         self.emit(Record::Connection(record));
                     }
                 }
@@ -129,6 +145,23 @@ impl<S: FnMut(Record)> Pipeline<S> {
             }
         }
         self.flush_flows(connections);
+    }
+
+    /// Feeds captured segments to the parsers and emits the completed requests.
+    fn drain_l7(&mut self, segments: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        self.requests.begin_drain();
+        while let Some(item) = segments.next() {
+            match l7_capture::segment::decode(&item) {
+                Ok(segment) => self.requests.segment(&segment),
+                Err(error) => {
+                    self.summary.undecodable_segments += 1;
+                    tracing::warn!(%error, "dropping undecodable L7 segment");
+                }
+            }
+        }
+        for request in self.requests.finish_drain() {
+            self.emit(Record::Request(request));
+        }
     }
 
     fn interim(&mut self, connections: &ConnectionsMap) {
@@ -152,16 +185,44 @@ pub async fn observe(
     stop: impl Future<Output = ()>,
     sink: impl FnMut(Record),
 ) -> Result<Summary> {
+    observe_when_ready(probes, options, stop, sink, || {}).await
+}
+
+/// `observe`, calling `ready` once the L7 capture is attached in the namespaces present
+/// at the start (before any record is read).
+pub async fn observe_when_ready(
+    probes: &mut Probes,
+    options: &ObserveOptions,
+    stop: impl Future<Output = ()>,
+    sink: impl FnMut(Record),
+    ready: impl FnOnce(),
+) -> Result<Summary> {
     // SAFETY: the ring buffer owns its map's fd and keeps it open until it is dropped,
     // which happens with the `AsyncFd`.
     let mut events = unsafe { AsyncFd::register(probes.take_connection_events()?) }
         .map_err(std::io::Error::from)?;
+    // SAFETY: as above.
+    let mut segments =
+        unsafe { AsyncFd::register(probes.take_l7_segments()?) }.map_err(std::io::Error::from)?;
+    let mut attachments = Attachments::new(options.l7.mode, options.l7.attach, options.mesh_ports);
+    rescan(&mut attachments, probes, &options.metadata);
+    ready();
+    let mut rescans = tokio::time::interval(options.l7.rescan_interval);
+    rescans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rescans.reset();
     let mut pipeline = Pipeline {
         table: ConnectionTable::new(BootClock::sample(), options.interim_interval),
         flows: FlowBuilder::new(
             options.mesh_ports,
             options.node.clone(),
             options.metadata.clone(),
+        ),
+        requests: RequestTracker::new(
+            options.mesh_ports,
+            options.node.clone(),
+            options.metadata.clone(),
+            BootClock::sample(),
+            options.l7.limits.clone(),
         ),
         summary: Summary::default(),
         sink,
@@ -190,9 +251,16 @@ pub async fn observe(
                 pipeline.drain(ready.get_inner_mut(), &probes.connections()?);
                 ready.clear_ready();
             }
+            ready = segments.readable_mut() => {
+                let mut ready = ready?;
+                pipeline.drain_l7(ready.get_inner_mut());
+                ready.clear_ready();
+            }
             _ = drains.tick() => {
                 pipeline.drain(events.get_mut(), &probes.connections()?);
+                pipeline.drain_l7(segments.get_mut());
             }
+            _ = rescans.tick() => rescan(&mut attachments, probes, &options.metadata),
             _ = ticks.tick() => {
                 pipeline.interim(&probes.connections()?);
                 let failures = probes.failures()?;
@@ -208,9 +276,28 @@ pub async fn observe(
     }
     // Whatever the kernel wrote before the stop still belongs to this observation.
     pipeline.drain(events.get_mut(), &probes.connections()?);
+    pipeline.drain_l7(segments.get_mut());
+    let hooks = attachments.hooks();
+    drop(attachments);
+    let requests = pipeline.requests.counters().clone();
     let mut summary = pipeline.summary;
+    summary.l7_hooks = hooks;
+    summary.l7 = requests;
     summary.probe_failures = probes.failures()?;
     Ok(summary)
+}
+
+fn rescan(attachments: &mut Attachments, probes: &mut Probes, metadata: &MetadataStore) {
+    let report = attachments.rescan(probes, &metadata.snapshot());
+    for (netns, interface, hook) in &report.attached {
+        tracing::debug!(netns, interface, ?hook, "L7 capture attached");
+    }
+    for netns in &report.detached_namespaces {
+        tracing::debug!(netns, "network namespace gone: L7 capture detached");
+    }
+    for error in &report.errors {
+        tracing::warn!(%error, "L7 capture not attached");
+    }
 }
 
 fn warn_on_new_failures(before: &[(ProbeFailure, u64)], after: &[(ProbeFailure, u64)]) {
@@ -233,7 +320,8 @@ pub struct BackgroundObserver {
 pub type Observed = (Vec<Record>, Summary);
 
 impl BackgroundObserver {
-    /// Loads and attaches the programs, and returns once they are attached.
+    /// Loads and attaches the programs (the L7 capture in the namespaces present now), and
+    /// returns once they are attached.
     pub fn start(options: ObserveOptions) -> Result<Self> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), probes::Error>>();
@@ -245,10 +333,7 @@ impl BackgroundObserver {
                     .build()?;
                 runtime.block_on(async move {
                     let mut probes = match Probes::load() {
-                        Ok(probes) => {
-                            let _ = ready_tx.send(Ok(()));
-                            probes
-                        }
+                        Ok(probes) => probes,
                         Err(error) => {
                             let _ = ready_tx.send(Err(error));
                             return Ok((Vec::new(), Summary::default()));
@@ -258,8 +343,17 @@ impl BackgroundObserver {
                     let stop = async {
                         let _ = stopped.await;
                     };
-                    let summary =
-                        observe(&mut probes, &options, stop, |record| records.push(record)).await?;
+                    let ready = || {
+                        let _ = ready_tx.send(Ok(()));
+                    };
+                    let summary = observe_when_ready(
+                        &mut probes,
+                        &options,
+                        stop,
+                        |record| records.push(record),
+                        ready,
+                    )
+                    .await?;
                     Ok((records, summary))
                 })
             })?;

@@ -5,7 +5,7 @@
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError},
+    programs::{BtfTracePoint, ProgramError, SchedClassifier},
 };
 use nephilia_common::{ConnectionState, ProbeFailure};
 
@@ -25,6 +25,10 @@ pub const CONNECTION_HOOKS: [(&str, &str); 8] = [
     ("on_tcp_retransmit_skb", "tcp_retransmit_skb"),
     ("on_tcp_destroy_sock", "tcp_destroy_sock"),
 ];
+
+/// TC classifiers of `ebpf/src/l7.rs`, loaded with the rest and attached per namespace
+/// by `l7_capture::attach`.
+pub const L7_PROGRAMS: [&str; 2] = ["l7_capture_egress", "l7_capture_ingress"];
 
 /// Why the programs could not be loaded or read.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,19 @@ impl Probes {
             hook.attach().map_err(failed)?;
             attached.push(tracepoint);
         }
+        for program in L7_PROGRAMS {
+            let failed = |source| Error::Program {
+                program,
+                tracepoint: "tc",
+                source,
+            };
+            let classifier: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .ok_or(Error::MissingProgram(program))?
+                .try_into()
+                .map_err(failed)?;
+            classifier.load().map_err(failed)?;
+        }
         Ok(Self { ebpf, attached })
     }
 
@@ -101,6 +118,26 @@ impl Probes {
         const NAME: &str = "CONNECTION_EVENTS";
         let map = self.ebpf.take_map(NAME).ok_or(Error::MissingMap(NAME))?;
         RingBuf::try_from(map).map_err(|source| Error::Map { map: NAME, source })
+    }
+
+    /// The ring buffer of `L7Segment` records; can be taken once.
+    pub fn take_l7_segments(&mut self) -> Result<RingBuf<MapData>> {
+        const NAME: &str = "L7_SEGMENTS";
+        let map = self.ebpf.take_map(NAME).ok_or(Error::MissingMap(NAME))?;
+        RingBuf::try_from(map).map_err(|source| Error::Map { map: NAME, source })
+    }
+
+    /// A loaded L7 capture classifier (one of `L7_PROGRAMS`), to attach.
+    pub fn l7_program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::Program {
+                program: name,
+                tracepoint: "tc",
+                source,
+            })
     }
 
     /// The kernel's table of tracked connections.

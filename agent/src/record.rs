@@ -14,13 +14,10 @@ use crate::clock::BootClock;
 /// Any record the agent emits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a record is moved once, from the pipeline to the sink; boxing would allocate per record"
-)]
 pub enum Record {
     Connection(ConnectionRecord),
     MeshFlow(crate::mesh_flow::MeshFlowRecord),
+    Request(crate::l7_capture::RequestRecord),
 }
 
 /// Which side of a TCP connection a socket is.

@@ -31,7 +31,7 @@ fn connections(records: &[Record], netns: u32) -> Vec<ConnectionRecord> {
         .iter()
         .filter_map(|record| match record {
             Record::Connection(record) => Some(record),
-            Record::MeshFlow(_) => None,
+            Record::MeshFlow(_) | Record::Request(_) => None,
         })
         .filter(|record| record.netns == netns)
         .cloned()

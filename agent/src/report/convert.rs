@@ -4,6 +4,7 @@
 use nephilia_proto::v1;
 
 use crate::{
+    l7_capture::{RequestProtocol, RequestRecord},
     mesh_flow::{FlowOutcome, MeshFlowRecord, MeshPath, Peer},
     record::{ConnectionRecord, ConnectionRole, Record},
 };
@@ -12,6 +13,7 @@ pub fn record(record: &Record) -> v1::Record {
     match record {
         Record::Connection(connection) => self::connection(connection).into(),
         Record::MeshFlow(flow) => mesh_flow(flow).into(),
+        Record::Request(request) => self::request(request).into(),
     }
 }
 
@@ -100,6 +102,38 @@ fn mesh_flow(f: &MeshFlowRecord) -> v1::MeshFlow {
         bytes_received_delta: f.bytes_received_delta,
         outcome: outcome(f.outcome),
         node: f.node.clone(),
+    }
+}
+
+fn request(r: &RequestRecord) -> v1::Request {
+    v1::Request {
+        side: role(r.side),
+        protocol: match r.protocol {
+            RequestProtocol::Http1 => v1::Protocol::Http1,
+            RequestProtocol::Http2 => v1::Protocol::Http2,
+            RequestProtocol::Grpc => v1::Protocol::Grpc,
+        }
+        .into(),
+        method: r.method.clone(),
+        path: r.path.clone(),
+        authority: r.authority.clone(),
+        status: r.status.map(u32::from),
+        grpc_status: r.grpc_status,
+        grpc_message: r.grpc_message.clone(),
+        start_ns: r.start_ns,
+        end_ns: r.end_ns,
+        latency_us: r.latency_us,
+        request_bytes: r.request_bytes,
+        response_bytes: r.response_bytes,
+        trace_id: r.trace_id.clone(),
+        span_id: r.span_id.clone(),
+        parent_span_id: r.parent_span_id.clone(),
+        source: Some(peer(&r.source)),
+        destination: Some(peer(&r.destination)),
+        local: r.local.clone(),
+        remote: r.remote.clone(),
+        pid: r.pid,
+        node: r.node.clone(),
     }
 }
 
