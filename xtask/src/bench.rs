@@ -8,13 +8,26 @@ use crate::{run_command, step};
 pub enum Bench {
     /// Loopback connections/s and throughput with and without the probes attached.
     Probes,
-    /// L7 parser throughput (MB/s) per protocol over the captured corpus.
+    /// Requests/s through the testbed with and without L7 capture, then L7 parser
+    /// throughput (MB/s) per protocol over the captured corpus.
     L7,
     /// Graph server ingest records/s per core and graph query latency at 100/1k/10k edges.
     Server,
 }
 
 pub fn run(bench: Bench) -> anyhow::Result<()> {
+    if let Bench::L7 = bench {
+        step(
+            "bench l7: requests/s through the testbed, alternating rounds without and with L7 capture",
+        );
+        run_command(crate::cargo().args([
+            "bench",
+            "--package",
+            "nephilia-agent",
+            "--bench",
+            "l7",
+        ]))?;
+    }
     let (package, target, what) = match bench {
         Bench::Probes => (
             "nephilia-agent",
