@@ -85,6 +85,10 @@ struct MeshArgs {
     /// Cluster DNS domain for service hostnames (Kubernetes metadata).
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// L7 capture (`request` records) of `observe` and `run`: `mesh` (enrolled pods and pods from metadata),
+    /// `all` (also `lo` of every other namespace) or `off`.
+    #[arg(long, value_enum, default_value = "mesh")]
+    l7_capture: nephilia_agent::l7_capture::CaptureMode,
 }
 
 impl MeshArgs {
@@ -208,6 +212,10 @@ async fn run_observe(
         interim_interval: seconds(interim_interval, "interim-interval")?,
         metadata: mesh.start().await?,
         node: mesh.node_name.clone(),
+        l7: nephilia_agent::l7_capture::L7Options {
+            mode: mesh.l7_capture,
+            ..Default::default()
+        },
         ..ObserveOptions::default()
     };
     let mut probes =
@@ -260,6 +268,10 @@ async fn run_reporting(
         on_probe_failures: Some(Arc::new(move |counters: &[_]| {
             failures.set_probe_failures(counters.to_vec());
         })),
+        l7: nephilia_agent::l7_capture::L7Options {
+            mode: mesh.l7_capture,
+            ..Default::default()
+        },
         ..ObserveOptions::default()
     };
     let mut probes =
