@@ -270,12 +270,10 @@ impl FlowBuilder {
             .min_by_key(|s| s.record.start_ns);
         // Otherwise the pooled HBONE connection that was open when the flow began.
         let pooled = || {
+            let candidates = destination_candidates(metadata, app.remote);
             self.in_netns(netns, SocketKind::TunnelClient)
                 .filter(|t| t.record.start_ns <= capture.start_ns && t.end_ns() >= capture.start_ns)
-                .filter(|t| {
-                    destination_candidates(metadata, app.remote).is_empty()
-                        || destination_candidates(metadata, app.remote).contains(&t.remote.ip())
-                })
+                .filter(|t| candidates.is_empty() || candidates.contains(&t.remote.ip()))
                 .max_by_key(|t| t.record.start_ns)
         };
         let (upstream, reused) = match dialled {
