@@ -1,5 +1,5 @@
 //! `nephilia-agent`: see `nephilia_agent` for the data path.
-use std::{io::Write as _, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{io::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -8,7 +8,7 @@ use nephilia_agent::{
     metadata::{MetadataSource, MetadataStore, kubernetes, static_file},
     observe::{self, ObserveOptions},
     probes::Probes,
-    report::{self, AgentFacts, Outbox, ReporterOptions, TlsFiles},
+    report::{self, ReporterOptions, TlsFiles},
 };
 
 #[derive(Parser)]
@@ -259,42 +259,23 @@ async fn run_reporting(
     mesh: MeshArgs,
 ) -> anyhow::Result<()> {
     report::validate(&reporter).await?;
-    let outbox = Outbox::new(reporter.buffer_records);
-    let failures = Arc::clone(&outbox);
     let options = ObserveOptions {
         interim_interval: seconds(interim_interval, "interim-interval")?,
         metadata: mesh.start().await?,
         node: mesh.node_name.clone(),
-        on_probe_failures: Some(Arc::new(move |counters: &[_]| {
-            failures.set_probe_failures(counters.to_vec());
-        })),
         l7: nephilia_agent::l7_capture::L7Options {
             mode: mesh.l7_capture,
             ..Default::default()
         },
         ..ObserveOptions::default()
     };
-    let mut probes =
-        Probes::load().context("loading the eBPF programs (try `nephilia-agent check`)")?;
-    let facts = AgentFacts {
-        attached_programs: probes.attached().iter().map(|p| (*p).to_owned()).collect(),
-        kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-    };
-    tracing::info!(server = %reporter.server, node = %reporter.node, "reporting to the graph server");
-    let reporting = tokio::spawn(report::run(reporter, facts, Arc::clone(&outbox)));
-    let queued = Arc::clone(&outbox);
-    let summary = observe::observe(&mut probes, &options, shutdown_signal(), move |record| {
-        queued.push(&record);
-    })
-    .await?;
-    reporting.abort();
+    let attached = || tracing::info!("programs attached; observing");
+    let reported =
+        report::observe_and_report(reporter, options, shutdown_signal(), attached).await?;
     tracing::info!(
-        records = summary.records,
-        unsent = outbox.unsent(),
-        still_queued = outbox.len(),
+        records = reported.summary.records,
+        unsent = reported.unsent,
+        still_queued = reported.still_queued,
         "stopped; programs detached"
     );
     Ok(())

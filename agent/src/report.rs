@@ -54,6 +54,12 @@ pub enum Error {
     /// The TLS configuration was refused.
     #[error("TLS configuration: {0}")]
     Tls(tonic::transport::Error),
+    /// The eBPF programs could not be loaded.
+    #[error("loading the eBPF programs (try `nephilia-agent check`): {0}")]
+    Probes(#[from] crate::probes::Error),
+    /// Observation stopped on an error.
+    #[error("observing: {0}")]
+    Observe(#[from] crate::observe::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -248,6 +254,53 @@ fn refused(code: Code) -> bool {
             | Code::ResourceExhausted
             | Code::FailedPrecondition
     )
+}
+
+/// What an observation that reported to the server ended with.
+#[derive(Debug)]
+pub struct Reported {
+    pub summary: crate::observe::Summary,
+    /// Records that could not be kept or that the server refused.
+    pub unsent: u64,
+    /// Records still waiting in the outbox when observation stopped.
+    pub still_queued: usize,
+}
+
+/// `nephilia-agent run`: loads and attaches the programs, observes with `options` and
+/// streams every record to the server until `stop` resolves; then detaches the programs.
+/// `ready` runs once everything is attached, before the first record is read.
+pub async fn observe_and_report(
+    reporter: ReporterOptions,
+    mut options: crate::observe::ObserveOptions,
+    stop: impl std::future::Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<Reported> {
+    validate(&reporter).await?;
+    let outbox = Outbox::new(reporter.buffer_records);
+    let failures = Arc::clone(&outbox);
+    options.on_probe_failures = Some(Arc::new(move |counters: &[_]| {
+        failures.set_probe_failures(counters.to_vec());
+    }));
+    let mut probes = crate::probes::Probes::load()?;
+    let facts = AgentFacts {
+        attached_programs: probes.attached().iter().map(|p| (*p).to_owned()).collect(),
+        kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    tracing::info!(server = %reporter.server, node = %reporter.node, "reporting to the graph server");
+    let reporting = tokio::spawn(run(reporter, facts, Arc::clone(&outbox)));
+    let queued = Arc::clone(&outbox);
+    let sink = move |record| queued.push(&record);
+    let observed =
+        crate::observe::observe_when_ready(&mut probes, &options, stop, sink, ready).await;
+    reporting.abort();
+    Ok(Reported {
+        summary: observed?,
+        unsent: outbox.unsent(),
+        still_queued: outbox.len(),
+    })
 }
 
 /// Sends the outbox's records until the process ends.

@@ -26,6 +26,19 @@ pub use mesh::{Mesh, UpOptions};
 pub use proxy::{ProxyStats, TunnelEvent};
 pub use scenario::{Protocol, Scenario};
 
+/// Whether a test needing root (network namespaces, eBPF) can run here. In CI (`CI` set)
+/// it must: not being root panics. Elsewhere it prints why it skips and returns false.
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: privileged test must run as root in CI");
+    }
+    eprintln!("skipped {test}: needs root for network namespaces and eBPF (CI runs it as root)");
+    false
+}
+
 /// Stops a runtime owned by a mesh component. Inside another runtime (e.g. a mesh dropped
 /// from async code) blocking is not allowed, so its tasks are dropped in the background.
 pub(crate) fn shutdown_runtime(runtime: tokio::runtime::Runtime) {

@@ -81,18 +81,6 @@ fn addr(text: &str) -> SocketAddr {
     text.parse().expect("socket address")
 }
 
-/// Whether this run may create namespaces; outside CI a non-root run skips.
-fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs root (network namespaces, iptables) and CI must not skip");
-    }
-    eprintln!("skipping {test}: needs root for network namespaces and iptables");
-    false
-}
-
 fn up() -> Mesh {
     let scenario = Scenario::from_yaml(SCENARIO).expect("test scenario");
     Mesh::up(scenario, UpOptions::unique()).expect("mesh comes up")
@@ -203,7 +191,9 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
 
 #[test]
 fn hbone_request_crosses_two_proxies_and_app_sees_client_address() {
-    if !privileged("hbone_request_crosses_two_proxies_and_app_sees_client_address") {
+    if !nephilia_testbed::privileged(
+        "hbone_request_crosses_two_proxies_and_app_sees_client_address",
+    ) {
         return;
     }
     let mesh = up();
@@ -262,7 +252,7 @@ fn hbone_request_crosses_two_proxies_and_app_sees_client_address() {
 
 #[test]
 fn concurrent_connections_share_one_hbone_connection() {
-    if !privileged("concurrent_connections_share_one_hbone_connection") {
+    if !nephilia_testbed::privileged("concurrent_connections_share_one_hbone_connection") {
         return;
     }
     const CONNECTIONS: usize = 8;
@@ -297,7 +287,7 @@ fn concurrent_connections_share_one_hbone_connection() {
 
 #[test]
 fn policy_deny_closes_caller_and_proxy_answers_401() {
-    if !privileged("policy_deny_closes_caller_and_proxy_answers_401") {
+    if !nephilia_testbed::privileged("policy_deny_closes_caller_and_proxy_answers_401") {
         return;
     }
     let mesh = up();
@@ -330,7 +320,7 @@ fn policy_deny_closes_caller_and_proxy_answers_401() {
 
 #[test]
 fn stopped_pod_gives_503_at_the_tunnel() {
-    if !privileged("stopped_pod_gives_503_at_the_tunnel") {
+    if !nephilia_testbed::privileged("stopped_pod_gives_503_at_the_tunnel") {
         return;
     }
     let mesh = up();
@@ -357,7 +347,7 @@ fn stopped_pod_gives_503_at_the_tunnel() {
 
 #[test]
 fn pods_not_enrolled_talk_plain_tcp() {
-    if !privileged("pods_not_enrolled_talk_plain_tcp") {
+    if !nephilia_testbed::privileged("pods_not_enrolled_talk_plain_tcp") {
         return;
     }
     let mesh = up();
@@ -399,7 +389,7 @@ fn pods_not_enrolled_talk_plain_tcp() {
 
 #[test]
 fn grpc_call_crosses_hbone_and_error_rate_gives_unavailable() {
-    if !privileged("grpc_call_crosses_hbone_and_error_rate_gives_unavailable") {
+    if !nephilia_testbed::privileged("grpc_call_crosses_hbone_and_error_rate_gives_unavailable") {
         return;
     }
     let mesh = up();
@@ -430,7 +420,7 @@ fn grpc_call_crosses_hbone_and_error_rate_gives_unavailable() {
 
 #[test]
 fn kill_tunnel_resets_the_open_connection() {
-    if !privileged("kill_tunnel_resets_the_open_connection") {
+    if !nephilia_testbed::privileged("kill_tunnel_resets_the_open_connection") {
         return;
     }
     let mesh = up();
@@ -455,7 +445,7 @@ fn kill_tunnel_resets_the_open_connection() {
 
 #[test]
 fn down_leaves_no_namespace_link_or_rule() {
-    if !privileged("down_leaves_no_namespace_link_or_rule") {
+    if !nephilia_testbed::privileged("down_leaves_no_namespace_link_or_rule") {
         return;
     }
     let host_before = host_network();
@@ -478,7 +468,7 @@ fn down_leaves_no_namespace_link_or_rule() {
 
 #[test]
 fn down_cleans_up_after_a_killed_up() {
-    if !privileged("down_cleans_up_after_a_killed_up") {
+    if !nephilia_testbed::privileged("down_cleans_up_after_a_killed_up") {
         return;
     }
     let binary = env!("CARGO_BIN_EXE_nephilia-testbed");
@@ -520,7 +510,7 @@ fn down_cleans_up_after_a_killed_up() {
 
 #[test]
 fn destination_outside_the_mesh_is_passthrough() {
-    if !privileged("destination_outside_the_mesh_is_passthrough") {
+    if !nephilia_testbed::privileged("destination_outside_the_mesh_is_passthrough") {
         return;
     }
     let mesh = up();
@@ -555,7 +545,7 @@ fn destination_outside_the_mesh_is_passthrough() {
 
 #[test]
 fn fan_out_and_bounded_load() {
-    if !privileged("fan_out_and_bounded_load") {
+    if !nephilia_testbed::privileged("fan_out_and_bounded_load") {
         return;
     }
     let mesh = up();
@@ -596,7 +586,7 @@ fn fan_out_and_bounded_load() {
 
 #[test]
 fn blackholed_pod_times_out_and_recovers() {
-    if !privileged("blackholed_pod_times_out_and_recovers") {
+    if !nephilia_testbed::privileged("blackholed_pod_times_out_and_recovers") {
         return;
     }
     let mesh = up();

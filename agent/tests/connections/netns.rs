@@ -10,18 +10,7 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
-/// Whether privileged tests can run. In CI (`CI` set) they must: not being root fails.
-pub fn privileged(test: &str) -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: privileged test must run as root in CI");
-    }
-    eprintln!("skipped {test}: needs root for network namespaces and eBPF (CI runs it as root)");
-    false
-}
+pub use nephilia_testbed::privileged;
 
 fn run(args: &[&str]) {
     let output = Command::new(args[0])
