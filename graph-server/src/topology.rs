@@ -189,6 +189,22 @@ pub struct Topology {
     bytes: usize,
     /// Records dropped because their bucket was already evicted.
     pub late_records: u64,
+    /// Open connections already counted from an interim record (see [`Topology::add_flow`]),
+    /// by [`ConnectionKey`], with when they were last reported.
+    counted_open: HashMap<ConnectionKey, u64>,
+}
+
+/// One connection as one side's agent reports it: (node, side, source address, start).
+type ConnectionKey = (String, Role, String, u32, u64);
+
+fn connection_key(flow: &MeshFlow) -> ConnectionKey {
+    (
+        flow.node.clone(),
+        flow.side,
+        flow.source.ip.clone(),
+        flow.source.port,
+        flow.start_ns,
+    )
 }
 
 impl Topology {
@@ -202,6 +218,7 @@ impl Topology {
             floor_ns: 0,
             bytes: 0,
             late_records: 0,
+            counted_open: HashMap::new(),
         }
     }
 
@@ -233,7 +250,13 @@ impl Topology {
         let freed: usize = dropped.values().map(|b| b.bytes).sum();
         self.bytes -= freed;
         self.floor_ns = self.floor_ns.max(self.bucket_start(t_ns));
-        freed
+        // Connections not reported since (an agent stopped) are forgotten.
+        let before = self.counted_open.len();
+        self.counted_open.retain(|_, last_ns| *last_ns >= t_ns);
+        let forgotten = (before - self.counted_open.len())
+            * (size_of::<(ConnectionKey, u64)>() + MAP_ENTRY_OVERHEAD);
+        self.bytes -= forgotten;
+        freed + forgotten
     }
 
     /// Finds (or makes) the metrics of `edge` in the bucket of `at_ns`; `None` if late.
@@ -273,8 +296,12 @@ impl Topology {
         })
     }
 
-    /// Counts a mesh flow record. Open flows count their bytes at `now_ns` (the record
-    /// says how much moved since the last one, not when); closed flows count at `end_ns`.
+    /// Counts a mesh flow record. Bytes count as they are reported: open flows at `now_ns`
+    /// (the record says how much moved since the last one, not when), closed flows at
+    /// `end_ns`. A connection counts once, with its mTLS, tunnel setup and pool reuse, at
+    /// its first record: the first interim record of a long-lived connection (a gRPC
+    /// channel may stay open for hours), else the closing one. Its outcome counts when it
+    /// closes.
     pub fn add_flow(&mut self, flow: &MeshFlow, now_ns: u64) {
         let src = self.directory.source(&flow.source);
         let dst = self
@@ -283,6 +310,21 @@ impl Topology {
         let edge = (src, dst);
         let at = flow.end_ns.unwrap_or(now_ns);
         let counting = flow.side == Role::Client || flow.source.workload.is_empty();
+        let first_record = if !counting {
+            false
+        } else if flow.outcome == Outcome::Open {
+            let first = self.counted_open.insert(connection_key(flow), at).is_none();
+            if first {
+                self.bytes += size_of::<(ConnectionKey, u64)>() + MAP_ENTRY_OVERHEAD;
+            }
+            first
+        } else {
+            let counted = self.counted_open.remove(&connection_key(flow)).is_some();
+            if counted {
+                self.bytes -= size_of::<(ConnectionKey, u64)>() + MAP_ENTRY_OVERHEAD;
+            }
+            !counted
+        };
         let mut grown = 0;
         let Some(m) = self.slot(edge, at) else {
             return;
@@ -293,32 +335,32 @@ impl Topology {
         if counting {
             m.bytes_sent += flow.bytes_sent_delta;
             m.bytes_received += flow.bytes_received_delta;
-            if flow.outcome != Outcome::Open {
-                m.connections += 1;
-                m.mtls_connections += u64::from(flow.mtls);
-                if flow.path == MeshPath::Hbone {
-                    match flow.tunnel_reused {
-                        Some(true) => m.tunnels_reused += 1,
-                        Some(false) => m.tunnels_new += 1,
-                        None => {}
-                    }
-                }
-                if let Some(us) = flow.tunnel_setup_us {
-                    grown += m.record_tunnel_setup(us);
-                }
-                if let Some(kind) = outcome_error(flow.outcome) {
-                    m.record_error(kind, at);
+        }
+        if first_record {
+            m.connections += 1;
+            m.mtls_connections += u64::from(flow.mtls);
+            if flow.path == MeshPath::Hbone {
+                match flow.tunnel_reused {
+                    Some(true) => m.tunnels_reused += 1,
+                    Some(false) => m.tunnels_new += 1,
+                    None => {}
                 }
             }
+            if let Some(us) = flow.tunnel_setup_us {
+                grown += m.record_tunnel_setup(us);
+            }
+        }
+        let error = outcome_error(flow.outcome).filter(|_| counting);
+        if let Some(kind) = error {
+            m.record_error(kind, at);
         }
         self.grew(at, grown);
         if counting {
-            let closed = flow.outcome != Outcome::Open;
             let total = self.total(edge);
             total.bytes_sent += flow.bytes_sent_delta;
             total.bytes_received += flow.bytes_received_delta;
-            total.connections += u64::from(closed);
-            if let Some(kind) = outcome_error(flow.outcome) {
+            total.connections += u64::from(first_record);
+            if let Some(kind) = error {
                 total.errors.add(kind, 1);
             }
         }

@@ -52,6 +52,8 @@ pub struct TraceStore {
     /// hash(source ip, destination, method, path) → client / server spans.
     clients_by_call: HashMap<u64, Entries>,
     servers_by_call: HashMap<u64, Entries>,
+    /// hash(node, local address) → client spans of one socket (one connection at a time).
+    clients_by_socket: HashMap<u64, Entries>,
     /// hash(node, pid) → client / server spans of one process.
     clients_by_process: HashMap<u64, Entries>,
     servers_by_process: HashMap<u64, Entries>,
@@ -113,7 +115,7 @@ impl TraceStore {
         let key = self.next_key;
         self.next_key += 1;
         let entry = (request.start_ns, key);
-        let mut indexes = 2;
+        let mut indexes = 0;
         if let (Some(t), Some(s)) = (&request.trace_id, &request.span_id) {
             let h = self.hash((t, s));
             insert(self.by_header.entry(h).or_default(), entry);
@@ -127,6 +129,8 @@ impl TraceStore {
             Role::Client => {
                 insert(self.clients_by_call.entry(call).or_default(), entry);
                 insert(self.clients_by_process.entry(process).or_default(), entry);
+                let socket = self.hash((&request.node, &request.local));
+                insert(self.clients_by_socket.entry(socket).or_default(), entry);
             }
             Role::Server => {
                 insert(self.servers_by_call.entry(call).or_default(), entry);
@@ -136,8 +140,7 @@ impl TraceStore {
         self.by_start.insert(entry);
         self.bytes += size_of::<Request>()
             + request.heap_bytes()
-            + indexes * INDEX_ENTRY_BYTES
-            + 2 * INDEX_ENTRY_BYTES;
+            + (indexes + request_index_entries(&request)) * INDEX_ENTRY_BYTES;
         self.requests.insert(key, request);
     }
 
@@ -179,13 +182,14 @@ impl TraceStore {
         let keep = self.by_start.split_off(&(t_ns, 0));
         for (_, key) in std::mem::replace(&mut self.by_start, keep) {
             if let Some(request) = self.requests.remove(&key) {
-                let indexes = if request.trace_id.is_some() && request.span_id.is_some() {
-                    6
+                let headers = if request.trace_id.is_some() && request.span_id.is_some() {
+                    2
                 } else {
-                    4
+                    0
                 };
-                self.bytes -=
-                    size_of::<Request>() + request.heap_bytes() + indexes * INDEX_ENTRY_BYTES;
+                self.bytes -= size_of::<Request>()
+                    + request.heap_bytes()
+                    + (headers + request_index_entries(&request)) * INDEX_ENTRY_BYTES;
             }
         }
         let keep = self.flows_by_start.split_off(&(t_ns, 0));
@@ -202,6 +206,7 @@ impl TraceStore {
             &mut self.servers_by_call,
             &mut self.clients_by_process,
             &mut self.servers_by_process,
+            &mut self.clients_by_socket,
             &mut self.flows_by_path,
         ] {
             index.retain(|_, entries| {
@@ -347,6 +352,16 @@ impl TraceStore {
             })
     }
 
+    /// Whether the client span `key` is the first call on the connection `flow` (which
+    /// carried it): no client span of the same socket started between the flow's start
+    /// and it. That call waited for the tunnel to be set up; later ones did not.
+    pub fn first_on_connection(&self, key: u64, client: &Request, flow: &MeshFlow) -> bool {
+        let socket = self.hash((&client.node, &client.local));
+        self.candidates(&self.clients_by_socket, socket, flow.start_ns, u64::MAX)
+            .next()
+            .is_none_or(|(_, first)| first == key)
+    }
+
     /// Entries of `index[hash]` starting in `[from_ns, to_ns)`.
     fn candidates<'a>(
         &'a self,
@@ -375,6 +390,15 @@ impl TraceStore {
 }
 
 /// Sorted insert; records mostly arrive in time order, so this is usually a push.
+/// Index entries every request has besides the traceparent ones: by start, by call, by
+/// process, and (client spans) by socket.
+fn request_index_entries(request: &Request) -> usize {
+    match request.side {
+        Role::Client => 4,
+        Role::Server => 3,
+    }
+}
+
 fn insert(entries: &mut Entries, entry: (u64, u64)) {
     let at = entries.partition_point(|e| *e < entry);
     entries.insert(at, entry);

@@ -220,7 +220,7 @@ fn namespace_filter_keeps_edges_touching_the_namespace() {
 }
 
 #[test]
-fn open_flows_count_bytes_now_and_the_connection_when_closed() {
+fn open_flows_count_bytes_now_and_the_connection_at_its_first_record() {
     let mut t = Topology::new(10 * SECOND);
     let mut open = flow("frontend", "checkout", T0, Outcome::Open);
     open.end_ns = None;
@@ -228,6 +228,7 @@ fn open_flows_count_bytes_now_and_the_connection_when_closed() {
     open.bytes_received_delta = 20;
     t.add_flow(&open, T0 + 15 * SECOND);
     let mut closed = flow("frontend", "checkout", T0 + 25 * SECOND, Outcome::Closed);
+    closed.start_ns = open.start_ns;
     closed.bytes_sent_delta = 1;
     closed.bytes_received_delta = 2;
     t.add_flow(&closed, T0 + 25 * SECOND);
@@ -235,7 +236,9 @@ fn open_flows_count_bytes_now_and_the_connection_when_closed() {
     let m = merged.values().next().unwrap();
     assert_eq!((m.connections, m.bytes_sent, m.bytes_received), (1, 11, 22));
     let second_bucket = t.merged(T0 + 10 * SECOND, T0 + 20 * SECOND);
-    assert_eq!(second_bucket.values().next().unwrap().connections, 0);
+    assert_eq!(second_bucket.values().next().unwrap().connections, 1);
+    let third_bucket = t.merged(T0 + 20 * SECOND, T0 + 30 * SECOND);
+    assert_eq!(third_bucket.values().next().unwrap().connections, 0);
 }
 
 #[test]
@@ -251,4 +254,53 @@ fn eviction_frees_the_bytes_it_accounted_and_drops_late_records() {
     // Only the directory and cumulative totals remain.
     assert_eq!(t.oldest_ns(), None);
     assert_eq!(t.totals().len(), 2);
+}
+
+#[test]
+fn a_long_lived_connection_counts_once_from_its_first_interim_record() {
+    let mut t = Topology::new(10 * SECOND);
+    let start = T0 + SECOND;
+    // A gRPC channel reported open three times, then closed, by the client's agent.
+    for (i, at) in [3, 5, 7].into_iter().enumerate() {
+        let mut f = flow("checkout", "payments", start, Outcome::Open);
+        f.start_ns = start;
+        f.end_ns = None;
+        f.source.port = 40_000;
+        f.bytes_sent_delta = 10;
+        f.bytes_received_delta = 100;
+        f.bytes_sent = 10 * (i as u64 + 1);
+        f.bytes_received = 100 * (i as u64 + 1);
+        t.add_flow(&f, T0 + at * SECOND);
+    }
+    let mut closed = flow("checkout", "payments", T0 + 9 * SECOND, Outcome::Reset);
+    closed.start_ns = start;
+    closed.source.port = 40_000;
+    closed.bytes_sent_delta = 5;
+    closed.bytes_received_delta = 50;
+    t.add_flow(&closed, T0 + 9 * SECOND);
+    // Another connection from the same pod (another port), reported only when closed.
+    let mut short = flow("checkout", "payments", T0 + 8 * SECOND, Outcome::Closed);
+    short.source.port = 40_001;
+    short.tunnel_reused = Some(true);
+    t.add_flow(&short, T0 + 8 * SECOND);
+
+    let view = t.graph_view(
+        Level::Workload,
+        None,
+        T0,
+        T0 + 10 * SECOND,
+        &HealthThresholds::default(),
+    );
+    let edge = summary(&view, "workload:shop:checkout", "workload:shop:payments");
+    assert_eq!(edge.connections, 2);
+    assert_eq!(edge.mtls_share, Some(1.0));
+    assert_eq!(edge.tunnel_setup.map(|p| p.count), Some(2));
+    assert_eq!(edge.pool_reuse_ratio, Some(0.5));
+    assert_eq!(edge.bytes_sent, 3 * 10 + 5 + 100);
+    assert_eq!(edge.bytes_received, 3 * 100 + 50 + 1000);
+    assert_eq!(edge.errors.get(ErrorKind::Reset), 1);
+    assert!(
+        t.counted_open.is_empty(),
+        "the close forgets the connection"
+    );
 }

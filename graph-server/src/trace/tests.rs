@@ -161,3 +161,38 @@ fn eviction_forgets_old_spans_and_their_bytes() {
     store.evict_before(u64::MAX);
     assert_eq!((store.span_count(), store.bytes()), (0, 0));
 }
+
+#[test]
+fn only_the_first_call_on_a_connection_waits_for_the_tunnel() {
+    let mut store = TraceStore::new();
+    // One kept-alive connection (one client socket), three calls 5 ms apart, then a
+    // call from another socket of the same pod over the same tunnel flow path.
+    let mut tunnel = flow("frontend", "checkout", T0 + 100 * MS, Outcome::Open);
+    tunnel.start_ns = T0 - MS;
+    tunnel.end_ns = None;
+    store.add_flow(&tunnel);
+    let calls: Vec<Request> = (0..3)
+        .map(|i| request("frontend", "checkout", T0 + i * 5 * MS, 1_000, 200))
+        .collect();
+    // Arrival order must not matter.
+    for call in calls.iter().rev() {
+        store.add_request(call.clone());
+    }
+    let operations: Vec<String> = calls
+        .iter()
+        .map(|call| {
+            let found = store.search(&TraceQuery {
+                since_ns: call.start_ns,
+                until_ns: call.start_ns + 1,
+                limit: 1,
+                ..TraceQuery::default()
+            });
+            let view = store.trace(&found[0].trace_id).expect("trace");
+            view.spans[1].operation.clone()
+        })
+        .collect();
+    assert_eq!(
+        operations,
+        ["HBONE connect", "HBONE stream", "HBONE stream"]
+    );
+}

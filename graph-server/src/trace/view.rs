@@ -260,7 +260,8 @@ impl TraceStore {
         if request.side == Role::Client
             && let Some(flow) = self.tunnel(request)
         {
-            let tunnel = tunnel_span(trace_id, &parent_of_children, key, request, flow);
+            let first = self.first_on_connection(key, request, flow);
+            let tunnel = tunnel_span(trace_id, &parent_of_children, key, request, flow, first);
             parent_of_children = tunnel.span_id.clone();
             out.push(tunnel);
         }
@@ -325,6 +326,7 @@ fn tunnel_span(
     client_key: u64,
     client: &Request,
     flow: &MeshFlow,
+    first_on_connection: bool,
 ) -> SpanView {
     let mut a = BTreeMap::new();
     a.insert("mesh.path".to_owned(), "hbone".to_owned());
@@ -352,9 +354,7 @@ fn tunnel_span(
     if let Some(reused) = flow.tunnel_reused {
         a.insert("tunnel_reused".to_owned(), reused.to_string());
     }
-    // The tunnel was set up for this call if the connection opened with it; a reused or
-    // earlier connection carried it without setup cost.
-    let first_on_connection = flow.start_ns + SKEW_NS_FOR_SETUP >= client.start_ns;
+    // The tunnel was set up for the first call on the connection; later calls rode it.
     let operation = if first_on_connection && flow.tunnel_setup_us.is_some() {
         "HBONE connect"
     } else {
@@ -374,6 +374,3 @@ fn tunnel_span(
         attributes: a,
     }
 }
-
-/// A call starting within this long after its connection opened is its first call.
-const SKEW_NS_FOR_SETUP: u64 = 100_000_000;
