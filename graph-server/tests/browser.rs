@@ -4,117 +4,28 @@
 //! land in `target/artifacts/ui/`.
 //!
 //! Skips with a reason when Chromium is absent, unless `CI` is set.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod support;
+
+use std::time::Duration;
 
 use nephilia_proto::IngestClient;
 use nephilia_proto::v1::{AgentMessage, Heartbeat};
 use serde_json::{Value, json};
+use support::{ServerProcess, wait_until};
 
 #[path = "browser/shop.rs"]
 mod shop;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const TOKEN: &str = "ui-test-token";
-
-/// Kills the server when the test ends, however it ends.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address")
-}
-
-/// A minimal HTTP/1.1 GET (the server speaks plain HTTP on loopback).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn workspace_target() -> PathBuf {
-    // CARGO_TARGET_DIR when set, else <workspace>/target.
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 #[test]
 fn ui_shows_topology_side_panel_outage_and_trace() {
-    let ci = std::env::var_os("CI").is_some();
-    if !Path::new(CHROMIUM).exists() {
-        assert!(
-            !ci,
-            "{CHROMIUM} is missing and CI is set: install Debian's chromium package"
-        );
-        eprintln!(
-            "skipping: {CHROMIUM} is missing (apt-get install chromium); set CI to make this a failure"
-        );
+    if !support::chromium_present() {
         return;
     }
-    let ui = Path::new(env!("CARGO_MANIFEST_DIR")).join("ui");
-    assert!(
-        ui.join("node_modules/playwright-core").exists(),
-        "ui/node_modules/playwright-core is missing: build.rs runs `npm ci` in graph-server/ui"
-    );
-    let started = Instant::now();
-
-    let http = free_port();
-    let grpc = free_port();
-    let _server = ServerProcess(
-        Command::new(env!("CARGO_BIN_EXE_nephilia-server"))
-            .args([
-                "--http-addr",
-                &http.to_string(),
-                "--grpc-addr",
-                &grpc.to_string(),
-            ])
-            .env("NEPHILIA_API_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start nephilia-server"),
-    );
-    wait_until("the server to be ready", Duration::from_secs(15), || {
-        http_get(http, "/readyz").filter(|(status, _)| *status == 200)
-    });
+    let server = ServerProcess::start(&[]);
+    let (api, grpc) = (server.api(), server.grpc);
 
     // Feed the shop over the real gRPC ingest, one stream per node as agents do.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let shop = shop::shop(now);
+    let shop = shop::shop(support::now_ns());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,8 +56,7 @@ fn ui_shows_topology_side_panel_outage_and_trace() {
 
     // The outage is judged 2 s after its buckets end: wait until it is closed with a cause.
     let outage = wait_until("the payments outage", Duration::from_secs(20), || {
-        let (_, body) = http_get(http, "/api/v1/outages?since=15m")?;
-        let doc: Value = serde_json::from_str(&body).ok()?;
+        let doc: Value = api.get_json("/api/v1/outages?since=15m")?;
         doc["outages"]
             .as_array()?
             .iter()
@@ -175,63 +85,53 @@ fn ui_shows_topology_side_panel_outage_and_trace() {
         edge(&shop::GATEWAY, shop::LEDGER.id()),
         edge(&shop::GATEWAY, format!("external:{}", shop::CARD_NETWORK)),
     ];
-    let artifacts = workspace_target().join("artifacts/ui");
-    std::fs::create_dir_all(&artifacts).expect("create target/artifacts/ui");
-    let profile = tempdir("nephilia-chromium");
     let expect = json!({
         "nodes": nodes,
         "edges": edges,
-        "clicked_edge": { "source": shop::FRONTEND.id(), "target": shop::CHECKOUT.id() },
+        "boxes": ["bank", "shop"],
+        "clicked_edge": {
+            "source": shop::FRONTEND.id(),
+            "target": shop::CHECKOUT.id(),
+            "title": "frontend → checkout",
+            // The rate, the error share, the lock for mTLS and the tunnel setup p95.
+            "label": "^\u{1F512} [\\d.]+ rps · 25 %\np95 [\\d.]+ ms · tun [\\d.]+ (µs|ms)$",
+        },
         // 480 checkouts, the 120 made while payments was down answered 503.
         "requests": shop::CHECKOUTS.to_string(),
         "error_rate": format!("{} %", shop::FAILED_CHECKOUTS * 100 / shop::CHECKOUTS),
-        "root_cause": "workload:shop:payments",
-        "trace_service": "frontend",
-        "trace_operation": "POST /api/checkout",
+        "errors": format!("http_5xx {}", shop::FAILED_CHECKOUTS),
+        "recent_failure": "POST /api/checkout → HTTP 503",
+        "outage": {
+            "count": 1,
+            "root_cause": shop::PAYMENTS.id(),
+            "evidence": "^payments refuses connections: (9\\d|100) % refused since \\d\\d:\\d\\d:\\d\\d$",
+            "failures": [
+                format!("refused\\s+{}", shop::FAILED_CHECKOUTS),
+                format!("http 5xx\\s+{}", shop::FAILED_CHECKOUTS),
+            ],
+            "peak_error_rate": "100 %",
+            "affected_edges": [
+                edge(&shop::FRONTEND, shop::CHECKOUT.id()),
+                edge(&shop::CHECKOUT, shop::PAYMENTS.id()),
+            ],
+        },
+        "trace": {
+            "service": "frontend",
+            "operation": "POST /api/checkout",
+            "first_spans": ["span-client:frontend", "span-tunnel:ztunnel", "span-server:checkout"],
+            "servers": ["inventory", "payments", "gateway", "ledger"],
+        },
     });
-    let output = Command::new("node")
-        .arg("tests/browser.mjs")
-        .current_dir(&ui)
-        .env("NEPHILIA_URL", format!("http://{http}"))
-        .env("NEPHILIA_TOKEN", TOKEN)
-        .env("CHROMIUM", CHROMIUM)
-        .env("ARTIFACTS", &artifacts)
-        .env("USER_DATA_DIR", &profile)
-        .env("EXPECT", expect.to_string())
-        .output()
-        .expect("run node (Node.js 20+ is needed for the browser test)");
-    let _ = std::fs::remove_dir_all(&profile);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stdout}{stderr}");
-    assert!(
-        output.status.success(),
-        "browser test failed ({}):\n{stdout}\n{stderr}",
-        output.status
+    support::run_browser(
+        "ui",
+        api,
+        &expect,
+        &[
+            "topology",
+            "edge-panel",
+            "outage",
+            "outage-in-topology",
+            "trace",
+        ],
     );
-    for view in [
-        "topology",
-        "edge-panel",
-        "outage",
-        "outage-in-topology",
-        "trace",
-    ] {
-        let shot = artifacts.join(format!("{view}.png"));
-        assert!(
-            shot.metadata().is_ok_and(|m| m.len() > 10_000),
-            "{} missing or empty",
-            shot.display()
-        );
-    }
-    eprintln!("browser test took {:?}", started.elapsed());
-}
-
-fn tempdir(prefix: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create a Chromium profile directory");
-    dir
 }
