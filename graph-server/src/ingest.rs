@@ -167,16 +167,21 @@ impl nephilia_proto::Ingest for IngestService {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(status) => {
-                    // Oversized or undecodable: tonic already says which.
-                    let reason = if status.code() == Code::OutOfRange
-                        || status.code() == Code::ResourceExhausted
-                    {
-                        "too_large"
-                    } else {
-                        "undecodable"
+                    // Oversized or undecodable: tonic already says which. Anything else is
+                    // the transport (the agent went away mid-stream): it resends what was
+                    // not acknowledged, so nothing was rejected.
+                    let reason = match status.code() {
+                        Code::OutOfRange | Code::ResourceExhausted => Some("too_large"),
+                        Code::Internal | Code::InvalidArgument => Some("undecodable"),
+                        _ => None,
                     };
-                    self.state.store().reject(reason);
-                    tracing::warn!(%status, "agent stream ended by a bad message");
+                    match reason {
+                        Some(reason) => {
+                            self.state.store().reject(reason);
+                            tracing::warn!(%status, "agent stream ended by a bad message");
+                        }
+                        None => tracing::info!(%status, "agent stream broke off"),
+                    }
                     return Err(status);
                 }
             };
