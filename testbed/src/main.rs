@@ -37,6 +37,10 @@ enum Command {
         /// Do not start the scenario's traffic and scheduled faults.
         #[arg(long)]
         no_schedule: bool,
+        /// Start the traffic and the scheduled faults this long after the mesh is up
+        /// (e.g. 5s: time for an observer to attach to the new pods).
+        #[arg(long, value_parser = duration, conflicts_with = "no_schedule")]
+        start_after: Option<Duration>,
     },
     /// Remove meshes (all of them, or the one with --prefix), even after a crash.
     Down {
@@ -122,7 +126,15 @@ fn main() -> Result<ExitCode> {
             prefix,
             metadata,
             no_schedule,
-        } => up(&cli.state_dir, &scenario, &prefix, metadata, !no_schedule),
+            start_after,
+        } => {
+            let schedule = match (no_schedule, start_after) {
+                (true, _) => Schedule::Never,
+                (false, None) => Schedule::Now,
+                (false, Some(delay)) => Schedule::After(delay),
+            };
+            up(&cli.state_dir, &scenario, &prefix, metadata, schedule)
+        }
         Command::Down { prefix } => down(&cli.state_dir, prefix.as_deref()),
         Command::Exec {
             prefix,
@@ -162,19 +174,26 @@ fn main() -> Result<ExitCode> {
     }
 }
 
+/// When `up` starts the scenario's traffic and faults.
+enum Schedule {
+    Now,
+    After(Duration),
+    Never,
+}
+
 fn up(
     state_dir: &std::path::Path,
     scenario: &std::path::Path,
     prefix: &str,
     metadata: Option<PathBuf>,
-    run_schedule: bool,
+    schedule: Schedule,
 ) -> Result<ExitCode> {
     let scenario = Scenario::from_file(scenario)?;
     let mut options = UpOptions::new(prefix);
     options.state_dir = state_dir.to_owned();
     options.metadata = metadata;
     options.control_socket = true;
-    options.run_schedule = run_schedule;
+    options.run_schedule = matches!(schedule, Schedule::Now);
     let mesh = Mesh::up(scenario, options).context("bringing the mesh up")?;
     println!(
         "mesh {} is up: {} nodes, {} pods; metadata {}",
@@ -189,6 +208,18 @@ fn up(
     runtime.block_on(async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        if let Schedule::After(delay) = schedule {
+            println!("traffic and faults start in {delay:?}");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            if let Err(error) = mesh.start_schedule() {
+                tracing::error!(%error, "cannot start the scenario's traffic");
+                return Ok(());
+            }
+        }
         let mut report = tokio::time::interval(Duration::from_secs(10));
         report.tick().await;
         loop {

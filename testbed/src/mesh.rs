@@ -221,15 +221,25 @@ impl Mesh {
                 })?;
             runtime.spawn(control::serve(Arc::downgrade(inner), listener));
         }
+        self.runtime = Some(runtime);
         if options.run_schedule {
-            for spec in &scenario.traffic {
-                self.start_traffic(spec.clone())?;
-            }
-            for scheduled in &scenario.faults {
-                runtime.spawn(faults::schedule(Arc::downgrade(inner), scheduled.clone()));
+            self.start_schedule()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the scenario's traffic and its scheduled faults (their `at` counts from
+    /// now). `UpOptions::run_schedule` does it as the mesh comes up.
+    pub fn start_schedule(&self) -> Result<()> {
+        for spec in &self.inner.scenario.traffic {
+            self.start_traffic(spec.clone())?;
+        }
+        if let Some(runtime) = &self.runtime {
+            for scheduled in &self.inner.scenario.faults {
+                let mesh = Arc::downgrade(&self.inner);
+                runtime.spawn(faults::schedule(mesh, scheduled.clone()));
             }
         }
-        self.runtime = Some(runtime);
         Ok(())
     }
 

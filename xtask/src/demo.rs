@@ -154,6 +154,10 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
             PREFIX,
             "--metadata",
             &metadata,
+            // The agent attaches its L7 capture to new pods within its 3 s rescan: a gRPC
+            // channel opened before that could not be decoded (its HPACK state is missed).
+            "--start-after",
+            "5s",
         ]),
     )?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -166,8 +170,9 @@ pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
 
     eprintln!(
         "\n\x1b[1mNephilia UI: http://{HTTP_ADDR}/\x1b[0m\n\
-         Traffic starts within seconds; payments stops at 60 s for 30 s (the outage), and\n\
-         inventory fails 30 % of its requests from 120 s. Ctrl-C stops the demo.\n"
+         Traffic starts in 5 s; then payments stops at 60 s for 30 s (an outage), and\n\
+         inventory fails 30 % of its requests from 120 s for 30 s (another). Ctrl-C stops\n\
+         the demo.\n"
     );
     let started = Instant::now();
     let mut children = [agent, testbed, server];
