@@ -94,7 +94,10 @@ struct MeshArgs {
 impl MeshArgs {
     /// Starts the metadata source; Kubernetes keeps watching in the background.
     async fn start(&self) -> anyhow::Result<MetadataStore> {
-        let store = MetadataStore::default();
+        let store = match self.metadata {
+            MetadataSource::None => MetadataStore::default(),
+            _ => MetadataStore::awaiting_first_load(),
+        };
         match &self.metadata {
             MetadataSource::None => {}
             MetadataSource::Static(path) => {

@@ -137,12 +137,39 @@ impl MeshMetadata {
 }
 
 /// The current metadata, swapped whole by the source that keeps it up to date.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MetadataStore {
     current: Arc<RwLock<Arc<MeshMetadata>>>,
+    /// Whether the source delivered its first full view (a store made with `default` has
+    /// nothing to wait for).
+    synced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for MetadataStore {
+    fn default() -> Self {
+        Self {
+            current: Arc::default(),
+            synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
 }
 
 impl MetadataStore {
+    /// A store whose source has not loaded yet: flows wait a little for names
+    /// (`FlowBuilder`) rather than go out nameless.
+    pub fn awaiting_first_load() -> Self {
+        let store = Self::default();
+        store
+            .synced
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        store
+    }
+
+    /// Whether the source has delivered its first full view.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn snapshot(&self) -> Arc<MeshMetadata> {
         Arc::clone(
             &self
@@ -157,6 +184,8 @@ impl MetadataStore {
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(metadata);
+        self.synced
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -324,3 +324,34 @@ fn a_slow_upstream_connect_shows_in_upstream_connect_and_tunnel_setup() {
         "tunnel setup {setup} µs, upstream connect {upstream} µs"
     );
 }
+
+#[test]
+fn flows_wait_for_the_first_metadata_load() {
+    if !netns::privileged("flows_wait_for_the_first_metadata_load") {
+        return;
+    }
+    let mesh = mesh();
+    // The source has not loaded yet (a Kubernetes list in flight, a file not there yet).
+    let metadata = MetadataStore::awaiting_first_load();
+    let observer = BackgroundObserver::start(ObserveOptions {
+        metadata: metadata.clone(),
+        node: "test-node".into(),
+        ..ObserveOptions::default()
+    })
+    .expect("programs load");
+    for _ in 0..3 {
+        exchange(&mesh, "client-0", SERVICE);
+    }
+    // Well past the partner wait (2 s): without names the flows would be out by now.
+    std::thread::sleep(Duration::from_secs(3));
+    metadata.replace(static_file::load(mesh.metadata_path()).expect("metadata file"));
+    settle();
+    let (records, _) = observer.stop().unwrap();
+    let flows = flows(&records);
+    let clients = side(&flows, ConnectionRole::Client, "client");
+    assert_eq!(clients.len(), 3, "named once the metadata came: {flows:#?}");
+    for flow in &clients {
+        assert_eq!(flow.destination.workload, "server");
+        assert_eq!(flow.source.pod, "client-0");
+    }
+}

@@ -30,6 +30,10 @@ use crate::{
 /// How long a closed socket is kept for joining with sockets that close later.
 const CLOSED_RETENTION: Duration = Duration::from_secs(10);
 
+/// How long flows wait for the metadata source's first load (a Kubernetes list, the
+/// static file appearing) before they are built without names.
+const METADATA_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a flow waits for a partner socket whose end the agent has not read yet (its
 /// `Closed` event is still in the ring buffer) before it is built with what is known.
 const PARTNER_WAIT: Duration = Duration::from_secs(2);
@@ -139,7 +143,12 @@ impl FlowBuilder {
         let metadata = self.metadata.snapshot();
         let mut flows = Vec::new();
         let mut waiting = Vec::new();
+        let synced = self.metadata.is_synced();
         for pending in std::mem::take(&mut self.pending) {
+            if !synced && pending.since.elapsed() < METADATA_WAIT {
+                waiting.push(pending);
+                continue;
+            }
             let patient = pending.since.elapsed() < PARTNER_WAIT;
             match self.assemble(&pending.record, &metadata, lookup, patient) {
                 Ok(Some(flow)) => flows.push(flow),

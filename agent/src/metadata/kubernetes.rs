@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use k8s_openapi::{
     api::{
         apps::v1::ReplicaSet,
@@ -326,6 +326,17 @@ pub async fn watch(client: Client, options: ClusterOptions, store: MetadataStore
                 None => return Ok(()),
             },
             _ = rebuild.tick(), if dirty => {
+                // The first view waits for every initial list: flows wait for it rather
+                // than go out half named.
+                let listed = [
+                    pods.wait_until_ready().now_or_never(),
+                    services.wait_until_ready().now_or_never(),
+                    namespaces.wait_until_ready().now_or_never(),
+                    replica_sets.wait_until_ready().now_or_never(),
+                ];
+                if !store.is_synced() && !listed.iter().all(|l| matches!(l, Some(Ok(())))) {
+                    continue;
+                }
                 dirty = false;
                 let metadata = build(
                     &pods.state(),
