@@ -196,3 +196,35 @@ fn only_the_first_call_on_a_connection_waits_for_the_tunnel() {
         ["HBONE connect", "HBONE stream", "HBONE stream"]
     );
 }
+
+#[test]
+fn nearest_finds_what_a_full_scan_finds() {
+    // Entries with repeated start times, a few hundred windows and predicates, compared
+    // with filtering everything and taking the minimum.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut entries: Vec<(u64, u64)> = (0..300).map(|k| (next(100), k)).collect();
+    entries.sort_unstable();
+    for _ in 0..500 {
+        let (a, b) = (next(110), next(110));
+        let range = a.min(b)..a.max(b);
+        let at = next(110);
+        let (modulus, rest) = (next(7) + 1, next(3));
+        let matches = |k: u64| k % modulus == rest % modulus;
+        let full = entries
+            .iter()
+            .copied()
+            .filter(|&(start, k)| range.contains(&start) && matches(k))
+            .min_by_key(|&(start, k)| (at.abs_diff(start), k));
+        assert_eq!(
+            nearest(&entries, range.clone(), at, matches),
+            full,
+            "{range:?} at {at}"
+        );
+    }
+}
