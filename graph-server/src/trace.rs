@@ -19,14 +19,19 @@
 //! Trace ids are the `traceparent` trace id when the root request carried one; otherwise
 //! `6e657068696c6961` ("nephilia") followed by the root span's store key, so the id can be
 //! looked up without a table.
+//!
+//! With `--otlp-endpoint`, [`export`] decides when a trace's spans are settled enough to
+//! leave for an OTLP collector.
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hash};
 
 use crate::record::{MeshFlow, MeshPath, Request, Role};
 
+pub mod export;
 pub mod view;
 
-pub use view::{SpanView, TraceQuery, TraceSummary, TraceView};
+pub use export::{ExportSpan, SpanRecord};
+pub use view::{SpanKind, SpanView, TraceQuery, TraceSummary, TraceView};
 
 /// How far apart the clocks of two nodes may be when matching the two sides of a call.
 const SKEW_NS: u64 = 50_000_000;
@@ -64,6 +69,8 @@ pub struct TraceStore {
     flows_by_start: BTreeSet<(u64, u64)>,
     /// hash(source ip, original destination) → client-side HBONE flows.
     flows_by_path: HashMap<u64, Entries>,
+    /// Spans not yet exported over OTLP; `None` unless export is on.
+    export: Option<export::PendingExport>,
     bytes: usize,
     hasher: std::hash::RandomState,
 }
@@ -111,9 +118,15 @@ impl TraceStore {
         self.hash((&request.node, request.pid))
     }
 
-    pub fn add_request(&mut self, request: Request) {
+    /// Adds a request record that reached the server at `arrived_ns` (the server's clock;
+    /// OTLP export waits for traces to be quiet by this time, not by the nodes' clocks).
+    pub fn add_request(&mut self, request: Request, arrived_ns: u64) {
         let key = self.next_key;
         self.next_key += 1;
+        if let Some(pending) = &mut self.export {
+            pending.insert(key, arrived_ns);
+            self.bytes += export::PENDING_ENTRY_BYTES;
+        }
         let entry = (request.start_ns, key);
         let mut indexes = 0;
         if let (Some(t), Some(s)) = (&request.trace_id, &request.span_id) {
@@ -190,6 +203,12 @@ impl TraceStore {
                 self.bytes -= size_of::<Request>()
                     + request.heap_bytes()
                     + (headers + request_index_entries(&request)) * INDEX_ENTRY_BYTES;
+            }
+            if let Some(pending) = &mut self.export
+                && pending.remove(key)
+            {
+                pending.evicted += 1;
+                self.bytes -= export::PENDING_ENTRY_BYTES;
             }
         }
         let keep = self.flows_by_start.split_off(&(t_ns, 0));
