@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::flows::FlowFilter;
+use crate::otlp::SpanExporter;
 use crate::store::Store;
 use crate::topology::graph::{EdgeDetail, GraphView, NodeDetail};
 use crate::topology::{Level, NodeKey};
@@ -41,6 +42,8 @@ pub struct AppState {
     token: Option<String>,
     clock: Clock,
     ready: AtomicBool,
+    /// Set with `--otlp-endpoint`.
+    otlp: Option<Arc<SpanExporter>>,
 }
 
 impl AppState {
@@ -50,7 +53,19 @@ impl AppState {
             token: token.filter(|t| !t.is_empty()),
             clock,
             ready: AtomicBool::new(false),
+            otlp: None,
         }
+    }
+
+    /// Exports trace spans through `exporter` (the store must
+    /// [track](crate::trace::TraceStore::track_export) them).
+    pub fn with_otlp(mut self, exporter: Arc<SpanExporter>) -> Self {
+        self.otlp = Some(exporter);
+        self
+    }
+
+    pub fn otlp(&self) -> Option<&Arc<SpanExporter>> {
+        self.otlp.as_ref()
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
@@ -315,7 +330,8 @@ async fn openapi() -> Json<Value> {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let now = state.now_ns();
-    let body = prometheus::render(&state.store(), now);
+    let otlp = state.otlp().map(|e| e.stats());
+    let body = prometheus::render(&state.store(), otlp, now);
     (
         [(
             header::CONTENT_TYPE,

@@ -3,6 +3,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::Uri;
+
 /// A flag value that could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -15,6 +17,11 @@ pub enum ConfigError {
     /// Only some of the TLS flags were given.
     #[error("--tls-cert, --tls-key and --tls-ca go together")]
     PartialTls,
+    /// `--otlp-endpoint` was not an `http://host:port` URL.
+    #[error(
+        "invalid --otlp-endpoint {value:?}: {reason}; expected http://host:port, e.g. http://jaeger-collector:4317"
+    )]
+    BadOtlpEndpoint { value: String, reason: &'static str },
 }
 
 /// `nephilia-server` flags.
@@ -53,6 +60,17 @@ pub struct ServerArgs {
     /// CA (PEM) that agents' client certificates must chain to.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
+    /// OTLP/gRPC collector trace spans are exported to (Jaeger, Tempo, an OpenTelemetry
+    /// Collector), e.g. http://jaeger-collector:4317; no export unless given.
+    #[arg(long, env = "NEPHILIA_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<Uri>,
+    /// How long a trace must have had no new span before its spans are exported.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub otlp_delay: Duration,
+    /// Spans waiting for the collector, the batch being sent included; when full, the
+    /// oldest waiting span is dropped and counted.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub otlp_queue: u64,
 }
 
 impl ServerArgs {
@@ -125,6 +143,30 @@ pub fn parse_size(text: &str) -> Result<usize, ConfigError> {
     number.checked_mul(factor).ok_or_else(bad)
 }
 
+/// "http://jaeger-collector:4317": plain-text gRPC to a host and port, no path.
+pub fn parse_otlp_endpoint(text: &str) -> Result<Uri, ConfigError> {
+    let bad = |reason| ConfigError::BadOtlpEndpoint {
+        value: text.to_owned(),
+        reason,
+    };
+    let uri: Uri = text.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad("https is not supported, only plain-text http")),
+        _ => return Err(bad("the scheme must be http://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if uri.port_u16().is_none() {
+        return Err(bad("no port (OTLP/gRPC listens on 4317)"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(bad("OTLP/gRPC takes no path"));
+    }
+    Ok(uri)
+}
+
 fn parse_ratio(text: &str) -> Result<f64, ConfigError> {
     match text.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
@@ -153,5 +195,44 @@ mod tests {
         assert_eq!(args.validate(), Ok(()));
         assert_eq!(args.http_addr.to_string(), "0.0.0.0:9696");
         assert_eq!(args.grpc_addr.to_string(), "0.0.0.0:9697");
+        assert_eq!(args.otlp_endpoint, None);
+    }
+
+    #[test]
+    fn otlp_endpoint_must_be_http_host_and_port() {
+        let uri = parse_otlp_endpoint("http://jaeger-collector:4317").unwrap();
+        assert_eq!(uri.to_string(), "http://jaeger-collector:4317/");
+        for (text, reason) in [
+            ("jaeger-collector:4317", "the scheme must be http://"),
+            (
+                "https://tempo:4317",
+                "https is not supported, only plain-text http",
+            ),
+            ("http://tempo", "no port (OTLP/gRPC listens on 4317)"),
+            ("http://tempo:4317/v1/traces", "OTLP/gRPC takes no path"),
+            ("http://", "not a URL"),
+        ] {
+            assert_eq!(
+                parse_otlp_endpoint(text),
+                Err(ConfigError::BadOtlpEndpoint {
+                    value: text.into(),
+                    reason
+                }),
+                "{text}"
+            );
+        }
+        use clap::Parser;
+        let err = ServerArgs::try_parse_from(["nephilia-server", "--otlp-endpoint", "tempo:4317"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--otlp-endpoint")
+                && err.contains("expected http://host:port, e.g. http://jaeger-collector:4317"),
+            "{err}"
+        );
+        let err = ServerArgs::try_parse_from(["nephilia-server", "--otlp-queue", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--otlp-queue"), "{err}");
     }
 }

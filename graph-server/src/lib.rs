@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod flows;
 pub mod ingest;
+pub mod otlp;
 pub mod outage;
 pub mod record;
 pub mod server;

@@ -1,5 +1,6 @@
-//! Binds the two listeners and runs the gRPC ingest, the HTTP API and the maintenance
-//! tick (outage evaluation, retention, memory bound) until shutdown.
+//! Binds the two listeners and runs the gRPC ingest, the HTTP API, the maintenance tick
+//! (OTLP span export, outage evaluation, retention, memory bound) and, with
+//! `--otlp-endpoint`, the OTLP sender until shutdown.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::api::{AppState, Clock, app};
 use crate::config::ServerArgs;
 use crate::ingest::IngestService;
+use crate::otlp::SpanExporter;
 use crate::store::{Limits, Store};
 
 /// Why the server stopped.
@@ -71,8 +73,16 @@ pub fn state(args: &ServerArgs) -> Arc<AppState> {
     let width = u64::try_from(args.bucket_width.as_nanos())
         .unwrap_or(10_000_000_000)
         .max(1_000_000);
-    let store = Store::new(width, args.health, limits, args.max_flows);
-    Arc::new(AppState::new(store, args.api_token.clone(), Clock::System))
+    let mut store = Store::new(width, args.health, limits, args.max_flows);
+    let Some(endpoint) = &args.otlp_endpoint else {
+        return Arc::new(AppState::new(store, args.api_token.clone(), Clock::System));
+    };
+    store.traces.track_export();
+    let capacity = usize::try_from(args.otlp_queue).unwrap_or(usize::MAX);
+    let exporter = SpanExporter::new(endpoint.clone(), args.otlp_delay, capacity);
+    Arc::new(
+        AppState::new(store, args.api_token.clone(), Clock::System).with_otlp(Arc::new(exporter)),
+    )
 }
 
 /// Serves gRPC ingest on `listener` until `shutdown` resolves.
@@ -93,7 +103,7 @@ pub async fn serve_grpc(
     Ok(())
 }
 
-/// Runs everything until `shutdown` resolves.
+/// Binds the listeners of `args` and runs everything until `shutdown` resolves.
 pub async fn run(
     args: ServerArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -108,8 +118,33 @@ pub async fn run(
     let http = bind(args.http_addr).await?;
     let grpc = bind(args.grpc_addr).await?;
     tracing::info!(http = %args.http_addr, grpc = %args.grpc_addr, "nephilia-server listening");
-    state.set_ready();
+    if let Some(exporter) = state.otlp() {
+        tracing::info!(endpoint = %exporter.endpoint(), "exporting trace spans over OTLP/gRPC");
+    }
+    serve(state, http, grpc, tls, shutdown).await
+}
 
+/// One maintenance tick: hands the spans of quiet traces to the OTLP sender, then judges
+/// outages and applies retention and the memory bound (which would evict held spans).
+fn tick(state: &AppState) {
+    let now = state.now_ns();
+    if let Some(exporter) = state.otlp() {
+        let settled = state.store().traces.take_settled(now, exporter.quiet_ns());
+        exporter.enqueue(&settled);
+    }
+    state.store().maintain(now);
+}
+
+/// Runs the HTTP API on `http`, gRPC ingest on `grpc`, the maintenance tick and the OTLP
+/// sender until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    http: TcpListener,
+    grpc: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    state.set_ready();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -122,18 +157,34 @@ pub async fn run(
         let state = state.clone();
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
             tokio::select! {
                 _ = stop => {}
-                _ = async { loop { tick.tick().await; let now = state.now_ns(); state.store().maintain(now); } } => {}
+                _ = async { loop { interval.tick().await; tick(&state); } } => {}
             }
         })
     };
+    let sender = state
+        .otlp()
+        .cloned()
+        .map(|exporter| tokio::spawn(async move { exporter.run().await }));
     let http_server =
         axum::serve(http, app(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let grpc_server = serve_grpc(grpc, state, tls, stopped(stop_rx));
+    let grpc_server = serve_grpc(grpc, state.clone(), tls, stopped(stop_rx));
     let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
     ticker.abort();
+    if let (Some(sender), Some(exporter)) = (sender, state.otlp()) {
+        sender.abort();
+        let queued = exporter.stats().queued;
+        let held = state.store().traces.pending_export();
+        if queued + held > 0 {
+            tracing::warn!(
+                queued,
+                held,
+                "stopping with spans not yet exported over OTLP"
+            );
+        }
+    }
     http_result.map_err(ServeError::Http)?;
     grpc_result
 }

@@ -108,7 +108,7 @@ impl Store {
                 Record::Request(request) => {
                     self.counters.requests += 1;
                     self.topology.add_request(request);
-                    self.traces.add_request(request.clone());
+                    self.traces.add_request(request.clone(), now_ns);
                 }
             }
             self.flows.push(record);

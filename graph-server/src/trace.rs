@@ -19,14 +19,19 @@
 //! Trace ids are the `traceparent` trace id when the root request carried one; otherwise
 //! `6e657068696c6961` ("nephilia") followed by the root span's store key, so the id can be
 //! looked up without a table.
+//!
+//! With `--otlp-endpoint`, [`export`] decides when a trace's spans are settled enough to
+//! leave for an OTLP collector.
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hash};
 
 use crate::record::{MeshFlow, MeshPath, Request, Role};
 
+pub mod export;
 pub mod view;
 
-pub use view::{SpanView, TraceQuery, TraceSummary, TraceView};
+pub use export::{ExportSpan, SpanRecord};
+pub use view::{SpanKind, SpanView, TraceQuery, TraceSummary, TraceView};
 
 /// How far apart the clocks of two nodes may be when matching the two sides of a call.
 const SKEW_NS: u64 = 50_000_000;
@@ -64,6 +69,8 @@ pub struct TraceStore {
     flows_by_start: BTreeSet<(u64, u64)>,
     /// hash(source ip, original destination) → client-side HBONE flows.
     flows_by_path: HashMap<u64, Entries>,
+    /// Spans not yet exported over OTLP; `None` unless export is on.
+    export: Option<export::PendingExport>,
     bytes: usize,
     hasher: std::hash::RandomState,
 }
@@ -111,9 +118,15 @@ impl TraceStore {
         self.hash((&request.node, request.pid))
     }
 
-    pub fn add_request(&mut self, request: Request) {
+    /// Adds a request record that reached the server at `arrived_ns` (the server's clock;
+    /// OTLP export waits for traces to be quiet by this time, not by the nodes' clocks).
+    pub fn add_request(&mut self, request: Request, arrived_ns: u64) {
         let key = self.next_key;
         self.next_key += 1;
+        if let Some(pending) = &mut self.export {
+            pending.insert(key, arrived_ns);
+            self.bytes += export::PENDING_ENTRY_BYTES;
+        }
         let entry = (request.start_ns, key);
         let mut indexes = 0;
         if let (Some(t), Some(s)) = (&request.trace_id, &request.span_id) {
@@ -191,6 +204,12 @@ impl TraceStore {
                     + request.heap_bytes()
                     + (headers + request_index_entries(&request)) * INDEX_ENTRY_BYTES;
             }
+            if let Some(pending) = &mut self.export
+                && pending.remove(key)
+            {
+                pending.evicted += 1;
+                self.bytes -= export::PENDING_ENTRY_BYTES;
+            }
         }
         let keep = self.flows_by_start.split_off(&(t_ns, 0));
         for (_, key) in std::mem::replace(&mut self.flows_by_start, keep) {
@@ -248,18 +267,20 @@ impl TraceStore {
             }
         }
         let from = server.start_ns.saturating_sub(MAX_LEAD_NS);
-        self.candidates(
-            &self.clients_by_call,
-            self.call_key(server),
-            from,
-            server.start_ns + SKEW_NS,
+        let clients = self
+            .clients_by_call
+            .get(&self.call_key(server))
+            .map_or(&[][..], Vec::as_slice);
+        nearest(
+            clients,
+            from..server.start_ns + SKEW_NS,
+            server.start_ns,
+            |k| {
+                self.requests
+                    .get(&k)
+                    .is_some_and(|c| is_same_call(c, server))
+            },
         )
-        .filter(|&(_, k)| {
-            self.requests
-                .get(&k)
-                .is_some_and(|c| is_same_call(c, server))
-        })
-        .min_by_key(|&(start, k)| (server.start_ns.abs_diff(start), k))
         .map(|(_, k)| k)
     }
 
@@ -275,7 +296,10 @@ impl TraceStore {
             from,
             client.start_ns,
         )
-        .filter(|&(_, k)| {
+        // Newest first: the first span that contains the call is the innermost, and a
+        // busy process has many older server spans that need not be looked at.
+        .rev()
+        .find(|&(_, k)| {
             k != key
                 && self.requests.get(&k).is_some_and(|s| {
                     s.node == client.node
@@ -284,7 +308,6 @@ impl TraceStore {
                         && compatible_traces(s, client)
                 })
         })
-        .max_by_key(|&(start, k)| (start, k))
         .map(|(_, k)| k)
     }
 
@@ -303,6 +326,13 @@ impl TraceStore {
                         span.end_ns + SKEW_NS,
                     )
                     .map(|e| e.1)
+                    // Only the same call can hang here without the header (found below),
+                    // and this is cheaper than asking each of a busy call's servers.
+                    .filter(|k| {
+                        self.requests
+                            .get(k)
+                            .is_some_and(|server| is_same_call(span, server))
+                    })
                     .collect();
                 if let (Some(t), Some(s)) = (&span.trace_id, &span.span_id) {
                     c.extend(
@@ -387,6 +417,40 @@ impl TraceStore {
             })
             .collect()
     }
+}
+
+/// The entry of `entries` (sorted) starting in `range` that `matches`, nearest in start
+/// time to `at_ns`, ties to the lower key. It looks outwards from `at_ns`, so a busy call
+/// (thousands of entries in the range) costs a few lookups, not thousands.
+fn nearest(
+    entries: &[(u64, u64)],
+    range: std::ops::Range<u64>,
+    at_ns: u64,
+    matches: impl Fn(u64) -> bool,
+) -> Option<(u64, u64)> {
+    let lo = entries.partition_point(|e| e.0 < range.start);
+    let hi = entries.partition_point(|e| e.0 < range.end).max(lo);
+    let window = &entries[lo..hi];
+    let mid = window.partition_point(|e| e.0 < at_ns);
+    // At or after `at_ns`, ascending (start, key): the first match is the best.
+    let after = window[mid..].iter().find(|e| matches(e.1)).copied();
+    // Before `at_ns`, read backwards: the first match has the nearest start, but one with
+    // the same start and a lower key may come after it.
+    let before = window[..mid]
+        .iter()
+        .rev()
+        .find(|e| matches(e.1))
+        .and_then(|found| {
+            let same_start = window[..mid].partition_point(|e| e.0 < found.0);
+            window[same_start..mid]
+                .iter()
+                .find(|e| matches(e.1))
+                .copied()
+        });
+    [before, after]
+        .into_iter()
+        .flatten()
+        .min_by_key(|&(start, k)| (at_ns.abs_diff(start), k))
 }
 
 /// Sorted insert; records mostly arrive in time order, so this is usually a push.

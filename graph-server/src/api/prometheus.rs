@@ -1,7 +1,9 @@
 //! `/metrics` in the Prometheus text format: RED counters per edge with workload labels,
-//! latency quantiles over the last minute, ingest and agent drop counters, memory.
+//! latency quantiles over the last minute, ingest and agent drop counters, memory, and
+//! OTLP export counters when `--otlp-endpoint` is set.
 use std::fmt::Write;
 
+use crate::otlp::ExportStats;
 use crate::store::Store;
 use crate::topology::{EdgeKey, ErrorKind, NodeKey};
 
@@ -39,7 +41,7 @@ fn edge_labels(store: &Store, (src, dst): EdgeKey) -> String {
     )
 }
 
-pub fn render(store: &Store, now_ns: u64) -> String {
+pub fn render(store: &Store, otlp: Option<ExportStats>, now_ns: u64) -> String {
     let mut out = String::new();
     let mut edges: Vec<(&EdgeKey, _)> = store.topology.totals().iter().collect();
     edges.sort_by_key(|(k, _)| **k);
@@ -283,5 +285,60 @@ pub fn render(store: &Store, now_ns: u64) -> String {
         "Spans kept for traces.",
     );
     let _ = writeln!(out, "nephilia_trace_spans {}", store.traces.span_count());
+    if let Some(otlp) = otlp {
+        render_otlp(&mut out, store, otlp);
+    }
     out
+}
+
+fn render_otlp(out: &mut String, store: &Store, s: ExportStats) {
+    header(
+        out,
+        "nephilia_otlp_spans_exported_total",
+        "counter",
+        "Spans the OTLP collector accepted.",
+    );
+    let _ = writeln!(out, "nephilia_otlp_spans_exported_total {}", s.exported);
+    header(
+        out,
+        "nephilia_otlp_spans_dropped_total",
+        "counter",
+        "Spans that will never reach the OTLP collector, by reason.",
+    );
+    for (reason, n) in [
+        ("queue_full", s.dropped_queue_full),
+        ("rejected", s.dropped_rejected),
+        ("invalid_id", s.dropped_invalid_id),
+        ("evicted", store.traces.evicted_before_export()),
+    ] {
+        let _ = writeln!(
+            out,
+            "nephilia_otlp_spans_dropped_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    header(
+        out,
+        "nephilia_otlp_export_failures_total",
+        "counter",
+        "OTLP Export calls that failed, each retry counted.",
+    );
+    let _ = writeln!(out, "nephilia_otlp_export_failures_total {}", s.failures);
+    header(
+        out,
+        "nephilia_otlp_queue_spans",
+        "gauge",
+        "Spans waiting for the OTLP collector, the batch being sent included.",
+    );
+    let _ = writeln!(out, "nephilia_otlp_queue_spans {}", s.queued);
+    header(
+        out,
+        "nephilia_otlp_held_spans",
+        "gauge",
+        "Spans held until their trace has been quiet for --otlp-delay.",
+    );
+    let _ = writeln!(
+        out,
+        "nephilia_otlp_held_spans {}",
+        store.traces.pending_export()
+    );
 }

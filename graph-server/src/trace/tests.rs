@@ -1,5 +1,5 @@
 use super::*;
-use crate::fixture::{MS, T0, flow, request, server_side};
+use crate::fixture::{MS, SECOND, T0, flow, request, server_side};
 use crate::record::Outcome;
 use view::SpanKind;
 
@@ -14,10 +14,10 @@ fn fan_out(store: &mut TraceStore) -> (Request, Request, Request, Request) {
     let mut payments_in = server_side(&checkout_out, 9);
     payments_in.node = "node-c".into();
     // Out of order, as batches from three nodes would arrive.
-    store.add_request(payments_in.clone());
-    store.add_request(checkout_out.clone());
-    store.add_request(checkout_in.clone());
-    store.add_request(front.clone());
+    store.add_request(payments_in.clone(), T0);
+    store.add_request(checkout_out.clone(), T0);
+    store.add_request(checkout_in.clone(), T0);
+    store.add_request(front.clone(), T0);
     let mut tunnel = flow("frontend", "checkout", T0 + 20 * MS, Outcome::Closed);
     tunnel.start_ns = T0 - MS;
     tunnel.tunnel_setup_us = Some(900);
@@ -97,8 +97,8 @@ fn traceparent_ids_stitch_and_name_the_trace() {
     // A different source ip would defeat the proxy join: only the header links them.
     let mut server = server_side(&client, 7);
     server.source.ip = "10.9.9.9".into();
-    store.add_request(client);
-    store.add_request(server);
+    store.add_request(client, T0);
+    store.add_request(server, T0);
     let view = store.trace(trace).expect("trace by traceparent id");
     assert_eq!(view.summary.trace_id, trace);
     assert_eq!(view.spans.len(), 2);
@@ -115,7 +115,7 @@ fn search_filters_by_duration_error_operation_and_attributes() {
     fan_out(&mut store);
     let mut other = request("frontend", "search", T0 + 100 * MS, 50_000, 200);
     other.pid = 0;
-    store.add_request(other);
+    store.add_request(other, T0);
     let q = |f: &dyn Fn(&mut TraceQuery)| {
         let mut query = TraceQuery {
             until_ns: u64::MAX,
@@ -176,7 +176,7 @@ fn only_the_first_call_on_a_connection_waits_for_the_tunnel() {
         .collect();
     // Arrival order must not matter.
     for call in calls.iter().rev() {
-        store.add_request(call.clone());
+        store.add_request(call.clone(), T0);
     }
     let operations: Vec<String> = calls
         .iter()
@@ -195,4 +195,132 @@ fn only_the_first_call_on_a_connection_waits_for_the_tunnel() {
         operations,
         ["HBONE connect", "HBONE stream", "HBONE stream"]
     );
+}
+
+fn ids(spans: impl IntoIterator<Item = SpanView>) -> Vec<(String, Option<String>, SpanKind)> {
+    spans
+        .into_iter()
+        .map(|s| (s.span_id, s.parent_span_id, s.kind))
+        .collect()
+}
+
+#[test]
+fn spans_leave_for_export_once_when_their_trace_has_been_quiet() {
+    let quiet = 5 * SECOND;
+    let mut store = TraceStore::new();
+    assert!(store.take_settled(u64::MAX, quiet).is_empty(), "export off");
+    store.track_export();
+    fan_out(&mut store);
+    assert!(store.take_settled(T0 + quiet - 1, quiet).is_empty());
+    assert_eq!(store.pending_export(), 4);
+    let settled = store.take_settled(T0 + quiet, quiet);
+    assert_eq!(settled.len(), 5, "4 requests and the tunnel");
+    let view = store.trace(&settled[0].span.trace_id).expect("the trace");
+    assert_eq!(
+        ids(settled.iter().map(|e| e.span.clone())),
+        ids(view.spans),
+        "the spans, ids and parents the trace API shows"
+    );
+    assert!(matches!(settled[1].record, SpanRecord::Tunnel(_)));
+    assert_eq!(store.pending_export(), 0);
+    assert!(
+        store.take_settled(T0 + 60 * SECOND, quiet).is_empty(),
+        "each span once"
+    );
+
+    // A call payments made, reported late: it leaves alone, under payments' server span,
+    // in the trace already exported.
+    let mut late = request("payments", "ledger", T0 + 3 * MS, 500, 200);
+    late.node = "node-c".into();
+    late.pid = 9;
+    store.add_request(late, T0 + 20 * SECOND);
+    assert!(store.take_settled(T0 + 24 * SECOND, quiet).is_empty());
+    let again = store.take_settled(T0 + 25 * SECOND, quiet);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].span.operation, "GET /ledger");
+    assert_eq!(again[0].span.trace_id, settled[0].span.trace_id);
+    assert_eq!(
+        again[0].span.parent_span_id.as_ref(),
+        Some(&settled[4].span.span_id),
+        "payments' server span"
+    );
+}
+
+#[test]
+fn a_trace_waits_for_its_last_span_but_not_for_ever() {
+    let quiet = 5 * SECOND;
+    let mut store = TraceStore::new();
+    store.track_export();
+    // One traceparent, a new span every 4 s: the trace is never quiet for 5 s.
+    for i in 0..8 {
+        let mut r = request("frontend", "checkout", T0 + i * MS, 100, 200);
+        r.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        r.span_id = Some(format!("{:016x}", i + 1));
+        r.pid = 0;
+        let arrived = T0 + i * 4 * SECOND;
+        store.add_request(r, arrived);
+        assert!(store.take_settled(arrived, quiet).is_empty(), "span {i}");
+    }
+    assert!(store.take_settled(T0 + 30 * SECOND - 1, quiet).is_empty());
+    // The first span has waited HOLD_FACTOR quiet periods: the whole trace leaves.
+    let settled = store.take_settled(T0 + 30 * SECOND, quiet);
+    let span_ids: Vec<&str> = settled.iter().map(|e| e.span.span_id.as_str()).collect();
+    assert_eq!(
+        span_ids,
+        (1..=8).map(|i| format!("{i:016x}")).collect::<Vec<_>>()
+    );
+    assert_eq!(store.pending_export(), 0);
+}
+
+#[test]
+fn spans_evicted_before_export_are_counted() {
+    let mut store = TraceStore::new();
+    store.track_export();
+    fan_out(&mut store);
+    store.evict_before(T0 + MS);
+    assert_eq!(
+        (store.evicted_before_export(), store.pending_export()),
+        (2, 2)
+    );
+    store.evict_before(u64::MAX);
+    assert_eq!(
+        (
+            store.evicted_before_export(),
+            store.pending_export(),
+            store.bytes()
+        ),
+        (4, 0, 0)
+    );
+}
+
+#[test]
+fn nearest_finds_what_a_full_scan_finds() {
+    // Entries with repeated start times, a few hundred windows and predicates, compared
+    // with filtering everything and taking the minimum.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut entries: Vec<(u64, u64)> = (0..300).map(|k| (next(100), k)).collect();
+    entries.sort_unstable();
+    for _ in 0..500 {
+        let (a, b) = (next(110), next(110));
+        let range = a.min(b)..a.max(b);
+        let at = next(110);
+        let (modulus, rest) = (next(7) + 1, next(3));
+        let matches = |k: u64| k % modulus == rest % modulus;
+        let full = entries
+            .iter()
+            .copied()
+            .filter(|&(start, k)| range.contains(&start) && matches(k))
+            .min_by_key(|&(start, k)| (at.abs_diff(start), k));
+        assert_eq!(
+            nearest(&entries, range.clone(), at, matches),
+            full,
+            "{range:?} at {at}"
+        );
+    }
 }

@@ -70,6 +70,33 @@ pub struct TraceQuery {
     pub limit: usize,
 }
 
+/// What a span of an assembled trace was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// The request record with this store key.
+    Request(u64),
+    /// The HBONE flow that carried the client request with this store key.
+    Tunnel(u64),
+}
+
+impl Origin {
+    /// The request record the span stands or falls with.
+    pub(super) fn request_key(self) -> u64 {
+        match self {
+            Self::Request(key) | Self::Tunnel(key) => key,
+        }
+    }
+}
+
+/// One depth-first walk over a trace: what it visited and collected.
+struct Walk<'a> {
+    trace_id: &'a str,
+    /// Fill [`SpanView::attributes`].
+    attributes: bool,
+    spans: Vec<(SpanView, Origin)>,
+    seen: HashSet<u64>,
+}
+
 fn span_id(key: u64) -> String {
     format!("{:016x}", key.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
 }
@@ -149,7 +176,7 @@ fn duration_us(request: &Request) -> u64 {
 }
 
 impl TraceStore {
-    fn trace_id_of(&self, root: u64) -> String {
+    pub(super) fn trace_id_of(&self, root: u64) -> String {
         match self.requests.get(&root).and_then(|r| r.trace_id.clone()) {
             Some(id) => id,
             None => format!("{SYNTHETIC_TRACE:016x}{root:016x}"),
@@ -157,7 +184,7 @@ impl TraceStore {
     }
 
     /// Roots of the trace `trace_id`.
-    fn roots_of(&self, trace_id: &str) -> Vec<u64> {
+    pub(super) fn roots_of(&self, trace_id: &str) -> Vec<u64> {
         let synthetic = u64::from_str_radix(trace_id.get(..16).unwrap_or(""), 16).ok();
         let mut roots: Vec<u64> = if trace_id.len() == 32 && synthetic == Some(SYNTHETIC_TRACE) {
             u64::from_str_radix(&trace_id[16..], 16)
@@ -185,15 +212,33 @@ impl TraceStore {
         Some(self.assemble(&roots))
     }
 
-    fn assemble(&self, roots: &[u64]) -> TraceView {
+    /// The spans under `roots`, parents before children, each with what it was made from;
+    /// without `attributes` the spans' attribute maps stay empty (the OTLP export builds
+    /// its own from the records, and the maps are most of the cost of a walk).
+    pub(super) fn assemble_spans(
+        &self,
+        roots: &[u64],
+        attributes: bool,
+    ) -> (String, Vec<(SpanView, Origin)>) {
         let trace_id = self.trace_id_of(roots[0]);
-        let mut spans = Vec::new();
-        let mut seen = HashSet::new();
+        let mut walk = Walk {
+            trace_id: &trace_id,
+            attributes,
+            spans: Vec::new(),
+            seen: HashSet::new(),
+        };
         let mut roots: Vec<u64> = roots.to_vec();
         roots.sort_by_key(|k| (self.requests[k].start_ns, *k));
         for root in roots {
-            self.walk(root, None, &trace_id, &mut spans, &mut seen);
+            self.walk(root, None, &mut walk);
         }
+        let spans = walk.spans;
+        (trace_id, spans)
+    }
+
+    fn assemble(&self, roots: &[u64]) -> TraceView {
+        let (trace_id, spans) = self.assemble_spans(roots, true);
+        let spans: Vec<SpanView> = spans.into_iter().map(|(span, _)| span).collect();
         let start_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or_default();
         let end_ns = spans
             .iter()
@@ -224,15 +269,8 @@ impl TraceStore {
     }
 
     /// Depth-first: the span, then (for client spans) the tunnel, then children.
-    fn walk(
-        &self,
-        key: u64,
-        parent: Option<String>,
-        trace_id: &str,
-        out: &mut Vec<SpanView>,
-        seen: &mut HashSet<u64>,
-    ) {
-        if !seen.insert(key) {
+    fn walk(&self, key: u64, parent: Option<String>, walk: &mut Walk) {
+        if !walk.seen.insert(key) {
             return;
         }
         let request = &self.requests[&key];
@@ -240,8 +278,8 @@ impl TraceStore {
             (Role::Client, Some(header)) => header.clone(),
             _ => span_id(key),
         };
-        out.push(SpanView {
-            trace_id: trace_id.to_owned(),
+        let span = SpanView {
+            trace_id: walk.trace_id.to_owned(),
             span_id: id.clone(),
             parent_span_id: parent,
             kind: match request.side {
@@ -254,21 +292,36 @@ impl TraceStore {
             duration_us: duration_us(request),
             error: request.is_error(),
             node: request.node.clone(),
-            attributes: attributes(request),
-        });
+            attributes: if walk.attributes {
+                attributes(request)
+            } else {
+                BTreeMap::new()
+            },
+        };
+        walk.spans.push((span, Origin::Request(key)));
         let mut parent_of_children = id;
         if request.side == Role::Client
             && let Some(flow) = self.tunnel(request)
         {
             let first = self.first_on_connection(key, request, flow);
-            let tunnel = tunnel_span(trace_id, &parent_of_children, key, request, flow, first);
+            let mut tunnel = tunnel_span(
+                walk.trace_id,
+                &parent_of_children,
+                key,
+                request,
+                flow,
+                first,
+            );
+            if !walk.attributes {
+                tunnel.attributes.clear();
+            }
             parent_of_children = tunnel.span_id.clone();
-            out.push(tunnel);
+            walk.spans.push((tunnel, Origin::Tunnel(key)));
         }
         let mut children = self.children(key);
         children.sort_by_key(|k| (self.requests[k].start_ns, *k));
         for child in children {
-            self.walk(child, Some(parent_of_children.clone()), trace_id, out, seen);
+            self.walk(child, Some(parent_of_children.clone()), walk);
         }
     }
 
