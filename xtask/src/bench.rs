@@ -11,7 +11,8 @@ pub enum Bench {
     /// Requests/s through the testbed with and without L7 capture, then L7 parser
     /// throughput (MB/s) per protocol over the captured corpus.
     L7,
-    /// Graph server ingest records/s per core and graph query latency at 100/1k/10k edges.
+    /// Graph server ingest records/s per core and graph query latency at 100/1k/10k edges,
+    /// then ingest with and without OTLP span export.
     Server,
 }
 
@@ -46,5 +47,10 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
         ),
     };
     step(&format!("bench {target}: {what}"));
-    run_command(crate::cargo().args(["bench", "--package", package, "--bench", target]))
+    run_command(crate::cargo().args(["bench", "--package", package, "--bench", target]))?;
+    if let Bench::Server = bench {
+        step("bench otlp: ingest with OTLP span export off and on, span preparation and encoding");
+        run_command(crate::cargo().args(["bench", "--package", package, "--bench", "otlp"]))?;
+    }
+    Ok(())
 }
