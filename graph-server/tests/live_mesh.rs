@@ -221,7 +221,9 @@ fn traffic_outage_and_traces_of_a_live_mesh_reach_the_api_and_the_ui() {
     options.run_schedule = false;
     let mesh =
         Mesh::up(Scenario::from_yaml(SCENARIO).expect("scenario"), options).expect("mesh up");
-    let server = ServerProcess::start(&["--bucket-width", "2s"]);
+    // One failed attempt in a bucket is enough to fail an edge, so the outage's counts
+    // start with the first failure, wherever the stop falls in a bucket.
+    let server = ServerProcess::start(&["--bucket-width", "2s", "--min-attempts", "1"]);
     let api = server.api();
     let _agent = Agent::start(&mesh, server.grpc);
     wait_until("the agent's heartbeat", Duration::from_secs(20), || {
@@ -453,6 +455,11 @@ fn traffic_outage_and_traces_of_a_live_mesh_reach_the_api_and_the_ui() {
     let frontend_checkout = &edges(&graph)[&edge_id(FRONTEND_ID, CHECKOUT)];
     assert_eq!(frontend_checkout["requests"], calls);
     assert_eq!(frontend_checkout["errors"]["http_5xx"], failed_calls);
+    let checkout_payments = &edges(&graph)[&edge_id(CHECKOUT, PAYMENTS)];
+    assert_eq!(
+        checkout_payments["errors"]["tunnel_failed"],
+        tunnel_failures
+    );
     let error_rate = frontend_checkout["error_rate"]
         .as_f64()
         .expect("error rate");
