@@ -5,7 +5,7 @@ import cytoscape from 'cytoscape';
 import type { Core, ElementDefinition, EventObject } from 'cytoscape';
 
 import { get, type Edge, type Graph, type GraphNode, type Health, type Level } from './api';
-import { layered } from './layout';
+import { layered, type Position } from './layout';
 import { SidePanel } from './panel';
 import { el, HEALTH_COLOURS, micros, percent, rate } from './format';
 import { state, WINDOWS, type Window } from './state';
@@ -91,7 +91,22 @@ const STYLE: cytoscape.StylesheetJson = [
       'text-border-color': 'data(colour)',
       'text-border-width': 1,
       'text-border-opacity': 0.6,
+      // Set by separateLabels: slides the label along its edge, off other labels.
+      'text-margin-x': 'data(labelX)' as never,
+      'text-margin-y': 'data(labelY)' as never,
     },
+  },
+  {
+    // Edges that skip layers bend through the rows the layout kept free for them.
+    selector: 'edge.routed',
+    style: {
+      'curve-style': 'round-segments',
+      'edge-distances': 'node-position',
+      'segment-distances': 'data(bendDistances)',
+      'segment-weights': 'data(bendWeights)',
+      'segment-radius': 30,
+      // @types/cytoscape does not know round segments' radius yet.
+    } as cytoscape.Css.Edge,
   },
   { selector: 'edge.idle', style: { 'line-style': 'dashed' } },
   { selector: ':selected', style: { 'overlay-color': '#0969da', 'overlay-opacity': 0.18, 'overlay-padding': 6 } },
@@ -225,7 +240,7 @@ export class TopologyView {
 
   private elements(graph: Graph): ElementDefinition[] {
     const boxes = state.level !== 'namespace';
-    const positions = layered(graph.nodes, graph.edges);
+    const { positions, routes } = layered(graph.nodes, graph.edges);
     const out: ElementDefinition[] = [];
     if (boxes) {
       for (const ns of new Set(graph.nodes.map((n) => (n.kind === 'external' ? null : n.namespace)))) {
@@ -247,6 +262,8 @@ export class TopologyView {
       });
     }
     for (const e of graph.edges) {
+      const route = routes.get(e.id);
+      const bends = route ? relativeBends(positions.get(e.source)!, positions.get(e.target)!, route) : null;
       out.push({
         group: 'edges',
         data: {
@@ -257,8 +274,11 @@ export class TopologyView {
           colour: HEALTH_COLOURS[e.health],
           width: edgeWidth(e),
           health: e.health,
+          labelX: 0,
+          labelY: 0,
+          ...(bends && { bendDistances: bends.distances, bendWeights: bends.weights }),
         },
-        classes: e.health === 'idle' ? 'idle' : '',
+        classes: [e.health === 'idle' ? 'idle' : '', bends ? 'routed' : ''].filter(Boolean).join(' '),
       });
     }
     return out;
@@ -276,6 +296,7 @@ export class TopologyView {
           if (def.group === 'edges') ele.classes(def.classes ?? '');
         }
       });
+      separateLabels(cy);
       return;
     }
     this.shape = shape;
@@ -309,6 +330,8 @@ export class TopologyView {
     cy.on('tap', (event: EventObject) => {
       if (event.target === cy) this.panel.close();
     });
+    cy.on('dragfree', 'node', () => separateLabels(cy));
+    separateLabels(cy);
     for (const id of selected) cy.getElementById(id).select();
     this.cy = cy;
     // Exposed for debugging in the browser console and for the browser tests.
@@ -353,6 +376,73 @@ export class TopologyView {
       this.applyHighlight();
     }
   }
+}
+
+/**
+ * A route's bends as cytoscape's segment weights (along source → target, node centres)
+ * and distances (perpendicular, positive to the left of the direction of travel).
+ */
+function relativeBends(source: Position, target: Position, route: Position[]): { distances: number[]; weights: number[] } {
+  const dx = target.x - source.x;
+  const dy = target.y - source.y;
+  const length2 = dx * dx + dy * dy || 1;
+  const length = Math.sqrt(length2);
+  return {
+    weights: route.map((p) => ((p.x - source.x) * dx + (p.y - source.y) * dy) / length2),
+    distances: route.map((p) => ((p.x - source.x) * -dy + (p.y - source.y) * dx) / length),
+  };
+}
+
+/** Offsets tried for a label, in px along its edge: the middle first, then either side. */
+const LABEL_SLIDES = [0, 40, -40, 80, -80, 120, -120];
+
+/**
+ * Slides each edge label along its edge to the first spot that covers neither a node nor
+ * a label placed before it; edges that fan out from one node or cross put their labels
+ * at the same middle otherwise.
+ */
+function separateLabels(cy: Core): void {
+  cy.batch(() => cy.edges().data({ labelX: 0, labelY: 0 }));
+  type Box = { x1: number; x2: number; y1: number; y2: number };
+  const overlap = (a: Box, b: Box) =>
+    Math.max(0, Math.min(a.x2, b.x2) - Math.max(a.x1, b.x1)) * Math.max(0, Math.min(a.y2, b.y2) - Math.max(a.y1, b.y1));
+  const taken: Box[] = cy.nodes('[shape]').map((n) => n.boundingBox({ includeLabels: true }));
+  const moves: [cytoscape.EdgeSingular, number, number][] = [];
+  for (const edge of cy.edges().sort((a, b) => a.id().localeCompare(b.id()))) {
+    const box = edge.boundingBox({ includeNodes: false, includeEdges: false, includeLabels: true });
+    if (!(box.w > 0)) continue;
+    // The leg of the edge the label sits on: the whole edge unless it bends.
+    const mid = edge.midpoint();
+    const points = [edge.sourceEndpoint(), ...(edge.hasClass('routed') ? (edge.segmentPoints() ?? []) : []), edge.targetEndpoint()];
+    let leg = { dx: 0, dy: 0, room: 0 };
+    let nearest = Number.POSITIVE_INFINITY;
+    for (let i = 0; i + 1 < points.length; i++) {
+      const [a, b] = [points[i], points[i + 1]];
+      const length = Math.hypot(b.x - a.x, b.y - a.y);
+      if (length === 0) continue;
+      // Distance from the label to this leg's line, and how far it may slide along it.
+      const off = Math.abs((mid.x - a.x) * (b.y - a.y) - (mid.y - a.y) * (b.x - a.x)) / length;
+      const along = ((mid.x - a.x) * (b.x - a.x) + (mid.y - a.y) * (b.y - a.y)) / length;
+      if (off < nearest) {
+        nearest = off;
+        leg = { dx: (b.x - a.x) / length, dy: (b.y - a.y) / length, room: Math.min(along, length - along) - 25 };
+      }
+    }
+    let best = { x: 0, y: 0, cost: Number.POSITIVE_INFINITY };
+    for (const slide of LABEL_SLIDES) {
+      if (Math.abs(slide) > leg.room && slide !== 0) continue;
+      const [x, y] = [leg.dx * slide, leg.dy * slide];
+      const moved = { x1: box.x1 + x, x2: box.x2 + x, y1: box.y1 + y, y2: box.y2 + y };
+      const cost = taken.reduce((sum, t) => sum + overlap(moved, t), 0);
+      if (cost < best.cost) best = { x, y, cost };
+      if (cost === 0) break;
+    }
+    taken.push({ x1: box.x1 + best.x, x2: box.x2 + best.x, y1: box.y1 + best.y, y2: box.y2 + best.y });
+    if (best.x !== 0 || best.y !== 0) moves.push([edge, best.x, best.y]);
+  }
+  cy.batch(() => {
+    for (const [edge, x, y] of moves) edge.data({ labelX: Math.round(x), labelY: Math.round(y) });
+  });
 }
 
 function legend(): HTMLElement {
