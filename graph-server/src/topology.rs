@@ -13,6 +13,7 @@ use crate::record::{MeshFlow, MeshPath, Outcome, Peer, Protocol, Request, Role};
 pub mod graph;
 pub mod metrics;
 pub mod node;
+pub mod window;
 
 pub use metrics::{EdgeMetrics, EdgeSummary, ErrorCounts, ErrorKind, Health};
 pub use node::{Level, NodeKey, NodeKind};
@@ -100,6 +101,11 @@ impl Directory {
                 address: address.to_owned(),
             }),
         }
+    }
+
+    /// Endpoints interned so far; ids are `0..len`.
+    fn len(&self) -> usize {
+        self.keys.len()
     }
 
     pub fn key(&self, id: u32) -> &NodeKey {

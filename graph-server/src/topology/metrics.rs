@@ -116,11 +116,11 @@ pub enum Latency {
 /// `highest_equivalent` for all.
 static TEMPLATE: std::sync::LazyLock<Histogram<u32>> = std::sync::LazyLock::new(histogram);
 
-fn histogram() -> Histogram<u32> {
+pub(super) fn histogram() -> Histogram<u32> {
     Histogram::new(2).expect("2 significant digits is a valid precision")
 }
 
-fn record_into(h: &mut Histogram<u32>, us: u64) {
+pub(super) fn record_into(h: &mut Histogram<u32>, us: u64) {
     // `record` grows the histogram (`saturating_record` would clamp to its current
     // range); it only fails past u64 index space, where clamping is the best answer.
     if h.record(us).is_err() {
@@ -196,33 +196,43 @@ impl Latency {
     }
 
     pub fn percentiles(&self) -> Percentiles {
-        let of = |h: &Histogram<u32>| Percentiles {
-            p50_us: h.value_at_quantile(0.50),
-            p95_us: h.value_at_quantile(0.95),
-            p99_us: h.value_at_quantile(0.99),
-            count: h.len(),
-        };
         match self {
-            Self::Histogram(h) => of(h),
+            Self::Histogram(h) => histogram_percentiles(h),
             Self::Samples(samples) => {
-                // The same answer hdrhistogram's `value_at_quantile` gives (the k-th
-                // smallest value's bucket top, k = ceil(q·n)), without building one.
                 let mut sorted = samples.clone();
                 sorted.sort_unstable();
-                let at = |q: f64| {
-                    let k = ((q * sorted.len() as f64).ceil() as usize).max(1);
-                    sorted
-                        .get(k - 1)
-                        .map_or(0, |&v| TEMPLATE.highest_equivalent(u64::from(v)))
-                };
-                Percentiles {
-                    p50_us: at(0.50),
-                    p95_us: at(0.95),
-                    p99_us: at(0.99),
-                    count: sorted.len() as u64,
-                }
+                sorted_percentiles(&sorted)
             }
         }
+    }
+}
+
+pub(super) fn histogram_percentiles(h: &Histogram<u32>) -> Percentiles {
+    // One scan of the counts for all three (`value_at_quantile` scans once per call).
+    let mut at = h.value_at_quantiles([0.50, 0.95, 0.99]);
+    let mut next = || at.next().expect("one value per quantile asked for");
+    Percentiles {
+        p50_us: next(),
+        p95_us: next(),
+        p99_us: next(),
+        count: h.len(),
+    }
+}
+
+/// The answer hdrhistogram's `value_at_quantile` gives for these values (the k-th
+/// smallest value's bucket top, k = ceil(q·n)), without building a histogram.
+pub(super) fn sorted_percentiles(sorted: &[u32]) -> Percentiles {
+    let at = |q: f64| {
+        let k = ((q * sorted.len() as f64).ceil() as usize).max(1);
+        sorted
+            .get(k - 1)
+            .map_or(0, |&v| TEMPLATE.highest_equivalent(u64::from(v)))
+    };
+    Percentiles {
+        p50_us: at(0.50),
+        p95_us: at(0.95),
+        p99_us: at(0.99),
+        count: sorted.len() as u64,
     }
 }
 
@@ -289,6 +299,14 @@ impl EdgeMetrics {
     }
 
     pub fn merge(&mut self, other: &Self) {
+        self.merge_counts(other);
+        merge_latency(&mut self.request_latency, &other.request_latency);
+        merge_latency(&mut self.connect_latency, &other.connect_latency);
+        merge_latency(&mut self.tunnel_setup, &other.tunnel_setup);
+    }
+
+    /// Adds `other`'s counters, error times and protocols, not its latency distributions.
+    pub fn merge_counts(&mut self, other: &Self) {
         self.connections += other.connections;
         self.mtls_connections += other.mtls_connections;
         self.tunnels_reused += other.tunnels_reused;
@@ -304,9 +322,6 @@ impl EdgeMetrics {
         }
         self.protocols.http |= other.protocols.http;
         self.protocols.grpc |= other.protocols.grpc;
-        merge_latency(&mut self.request_latency, &other.request_latency);
-        merge_latency(&mut self.connect_latency, &other.connect_latency);
-        merge_latency(&mut self.tunnel_setup, &other.tunnel_setup);
     }
 
     /// Estimated bytes held, histograms included.
@@ -346,6 +361,16 @@ impl EdgeMetrics {
     }
 
     pub fn health(&self, thresholds: &HealthThresholds) -> Health {
+        // Percentiles only matter with a latency threshold; don't compute them otherwise.
+        let latency = thresholds
+            .degraded_p95_latency
+            .and_then(|_| self.latency())
+            .map(|(p, _)| p);
+        self.health_with(thresholds, latency.as_ref())
+    }
+
+    /// Health given the percentiles of this edge's latency (from [`Self::latency`]).
+    fn health_with(&self, thresholds: &HealthThresholds, latency: Option<&Percentiles>) -> Health {
         let attempts = self.attempts();
         if attempts == 0 {
             return Health::Idle;
@@ -358,8 +383,7 @@ impl EdgeMetrics {
             return Health::Failing;
         }
         let slow = thresholds.degraded_p95_latency.is_some_and(|limit| {
-            self.latency()
-                .is_some_and(|(p, _)| u128::from(p.p95_us) >= limit.as_micros())
+            latency.is_some_and(|p| u128::from(p.p95_us) >= limit.as_micros())
         });
         if rate >= thresholds.degraded_error_rate || slow {
             Health::Degraded
@@ -379,8 +403,20 @@ impl EdgeMetrics {
     }
 
     pub fn summary(&self, window_seconds: f64, thresholds: &HealthThresholds) -> EdgeSummary {
+        let tunnel_setup = self.tunnel_setup.as_ref().map(Latency::percentiles);
+        self.summary_with(window_seconds, thresholds, self.latency(), tunnel_setup)
+    }
+
+    /// The summary of these counters with latency percentiles computed elsewhere (from
+    /// distributions this value does not hold, see `window::latencies`).
+    pub(super) fn summary_with(
+        &self,
+        window_seconds: f64,
+        thresholds: &HealthThresholds,
+        latency: Option<(Percentiles, LatencyKind)>,
+        tunnel_setup: Option<Percentiles>,
+    ) -> EdgeSummary {
         let per_second = |n: u64| round3(n as f64 / window_seconds);
-        let latency = self.latency();
         EdgeSummary {
             protocol: if self.protocols.grpc {
                 "grpc"
@@ -401,11 +437,11 @@ impl EdgeMetrics {
             error_rate: round3(self.error_rate()),
             latency: latency.map(|(p, _)| p),
             latency_kind: latency.map(|(_, k)| k),
-            tunnel_setup: self.tunnel_setup.as_ref().map(Latency::percentiles),
+            tunnel_setup,
             pool_reuse_ratio: ratio(self.tunnels_reused, self.tunnels_reused + self.tunnels_new)
                 .map(round3),
             mtls_share: ratio(self.mtls_connections, self.connections).map(round3),
-            health: self.health(thresholds),
+            health: self.health_with(thresholds, latency.as_ref().map(|(p, _)| p)),
         }
     }
 }
