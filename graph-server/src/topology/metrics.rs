@@ -99,6 +99,9 @@ impl Serialize for ErrorCounts {
 /// Samples an edge keeps as a plain list before switching to a histogram.
 const MAX_SAMPLES: usize = 64;
 
+/// Samples kept in place, before a list is allocated.
+const INLINE_SAMPLES: usize = 6;
+
 /// A mergeable latency distribution: hdrhistogram with 2 significant digits (≤ 1 % error)
 /// and u32 counts, auto-resizing so it only pays for the range its values span.
 ///
@@ -106,8 +109,14 @@ const MAX_SAMPLES: usize = 64;
 /// its whole counts array to merge, whatever it holds. So a bucket keeps up to
 /// [`MAX_SAMPLES`] raw values first and becomes a histogram past that; percentiles always
 /// come out of an hdrhistogram, so numbers do not change meaning when an edge gets busy.
+/// The first [`INLINE_SAMPLES`] values stay in place: a quiet edge then costs no
+/// allocation when recorded and no pointer chase when a window reads it.
 #[derive(Clone, Debug)]
 pub enum Latency {
+    Few {
+        len: u8,
+        values: [u32; INLINE_SAMPLES],
+    },
     Samples(Vec<u32>),
     Histogram(Box<Histogram<u32>>),
 }
@@ -130,14 +139,35 @@ pub(super) fn record_into(h: &mut Histogram<u32>, us: u64) {
 
 impl Latency {
     fn new() -> Self {
-        Self::Samples(Vec::new())
+        Self::Few {
+            len: 0,
+            values: [0; INLINE_SAMPLES],
+        }
+    }
+
+    /// The recorded values, until they moved into a histogram.
+    pub fn samples(&self) -> Option<&[u32]> {
+        match self {
+            Self::Few { len, values } => Some(&values[..usize::from(*len)]),
+            Self::Samples(samples) => Some(samples),
+            Self::Histogram(_) => None,
+        }
     }
 
     fn record(&mut self, us: u64) {
+        let value = u32::try_from(us).unwrap_or(u32::MAX);
         match self {
-            Self::Samples(samples) if samples.len() < MAX_SAMPLES => {
-                samples.push(u32::try_from(us).unwrap_or(u32::MAX));
+            Self::Few { len, values } if usize::from(*len) < INLINE_SAMPLES => {
+                values[usize::from(*len)] = value;
+                *len += 1;
             }
+            Self::Few { values, .. } => {
+                let mut samples = Vec::with_capacity(2 * INLINE_SAMPLES);
+                samples.extend_from_slice(values);
+                samples.push(value);
+                *self = Self::Samples(samples);
+            }
+            Self::Samples(samples) if samples.len() < MAX_SAMPLES => samples.push(value),
             Self::Samples(samples) => {
                 let mut h = histogram();
                 for &v in samples.iter() {
@@ -151,31 +181,21 @@ impl Latency {
     }
 
     fn merge(&mut self, other: &Self) {
-        match (&mut *self, other) {
-            (Self::Samples(a), Self::Samples(b)) if a.len() + b.len() <= MAX_SAMPLES => {
-                a.extend_from_slice(b);
+        let Self::Histogram(b) = other else {
+            // Value by value, so a list becomes a histogram where recording would.
+            for &v in other.samples().unwrap_or_default() {
+                self.record(u64::from(v));
             }
-            (Self::Histogram(a), Self::Histogram(b)) => {
-                // Both auto-resize, so adding never fails for range reasons.
+            return;
+        };
+        match self {
+            // Both auto-resize, so adding never fails for range reasons.
+            Self::Histogram(a) => {
                 let _ = a.add(&**b);
             }
-            (Self::Histogram(a), Self::Samples(b)) => {
-                for &v in b {
-                    record_into(a, u64::from(v));
-                }
-            }
-            (Self::Samples(a), _) => {
-                let mut merged = match other {
-                    Self::Histogram(b) => (**b).clone(),
-                    Self::Samples(b) => {
-                        let mut h = histogram();
-                        for &v in b {
-                            record_into(&mut h, u64::from(v));
-                        }
-                        h
-                    }
-                };
-                for &v in a.iter() {
+            _ => {
+                let mut merged = (**b).clone();
+                for &v in self.samples().unwrap_or_default() {
                     record_into(&mut merged, u64::from(v));
                 }
                 *self = Self::Histogram(Box::new(merged));
@@ -186,6 +206,7 @@ impl Latency {
     /// Bytes this distribution holds.
     pub fn bytes(&self) -> usize {
         match self {
+            Self::Few { .. } => size_of::<Self>(),
             Self::Samples(s) => size_of::<Self>() + s.capacity() * size_of::<u32>(),
             Self::Histogram(h) => {
                 size_of::<Self>()
@@ -196,14 +217,12 @@ impl Latency {
     }
 
     pub fn percentiles(&self) -> Percentiles {
-        match self {
-            Self::Histogram(h) => histogram_percentiles(h),
-            Self::Samples(samples) => {
-                let mut sorted = samples.clone();
-                sorted.sort_unstable();
-                sorted_percentiles(&sorted)
-            }
+        if let Self::Histogram(h) = self {
+            return histogram_percentiles(h);
         }
+        let mut sorted = self.samples().unwrap_or_default().to_vec();
+        sorted.sort_unstable();
+        sorted_percentiles(&sorted)
     }
 }
 
@@ -581,6 +600,48 @@ mod tests {
             (a.p50_us, a.p95_us, a.p99_us, a.count),
             (1103, 1191, 1199, 200)
         );
+    }
+
+    #[test]
+    fn quiet_edges_keep_samples_in_place_until_a_list_is_needed() {
+        let mut m = EdgeMetrics::default();
+        let kind = |m: &EdgeMetrics| match m.request_latency.as_ref().unwrap() {
+            Latency::Few { len, .. } => format!("few {len}"),
+            Latency::Samples(s) => format!("list {}", s.len()),
+            Latency::Histogram(h) => format!("histogram {}", h.len()),
+        };
+        let grown = |m: &mut EdgeMetrics, us| m.record_request_latency(us);
+        assert_eq!(grown(&mut m, 40), 0, "the first value allocates nothing");
+        for us in [10, 30, 20, 60, 55] {
+            assert_eq!(grown(&mut m, us), 0);
+        }
+        assert_eq!(kind(&m), "few 6");
+        let samples = m.request_latency.as_ref().unwrap().samples();
+        assert_eq!(samples, Some(&[40, 10, 30, 20, 60, 55][..]));
+        let p = m.latency().unwrap().0;
+        assert_eq!((p.p50_us, p.p95_us, p.count), (30, 60, 6));
+        // The seventh moves them to a list, the 65th to a histogram.
+        assert_eq!(grown(&mut m, 50), 12 * size_of::<u32>());
+        assert_eq!(kind(&m), "list 7");
+        let mut other = EdgeMetrics::default();
+        for us in 100..158 {
+            other.record_request_latency(us);
+        }
+        assert_eq!(kind(&other), "list 58");
+        m.merge(&other);
+        assert_eq!(kind(&m), "histogram 65");
+        let p = m.latency().unwrap().0;
+        assert_eq!((p.p50_us, p.p99_us, p.count), (125, 157, 65));
+        // Few merged into few past six becomes a list, with every value.
+        let mut a = EdgeMetrics::default();
+        let mut b = EdgeMetrics::default();
+        for us in 1..=4 {
+            a.record_request_latency(us);
+            b.record_request_latency(us + 10);
+        }
+        a.merge(&b);
+        assert_eq!(kind(&a), "list 8");
+        assert_eq!(a.latency().unwrap().0.count, 8);
     }
 
     #[test]

@@ -58,8 +58,11 @@ impl<'a> Gathered<'a> {
         }
         self.present[i] = true;
         match latency {
-            Latency::Samples(s) => self.read_values.extend(s.iter().map(|&v| (slot, v))),
             Latency::Histogram(h) => self.read_histograms.push((slot, h)),
+            list => {
+                let values = list.samples().unwrap_or_default();
+                self.read_values.extend(values.iter().map(|&v| (slot, v)));
+            }
         }
     }
 
