@@ -40,7 +40,7 @@ impl TopologyGraph {
         mapped: &mut HashMap<u32, Option<NodeIndex>>,
         keep: &dyn Fn(&NodeKey, &NodeKey) -> bool,
     ) {
-        for (&(src, dst), metrics) in &bucket.edges {
+        for ((src, dst), metrics) in bucket.edges() {
             let mut map = |id: u32, this: &mut Self| {
                 *mapped
                     .entry(id)
@@ -190,7 +190,7 @@ impl Topology {
         for (start, bucket) in self.buckets(from_ns, to_ns) {
             let mut inbound: Option<EdgeMetrics> = None;
             let mut outbound: Option<EdgeMetrics> = None;
-            for (&(src, dst), metrics) in &bucket.edges {
+            for ((src, dst), metrics) in bucket.edges() {
                 let add =
                     |slot: &mut Option<EdgeMetrics>| slot.get_or_insert_default().merge(metrics);
                 if self.directory.node_at(dst, level) == *key {
@@ -244,7 +244,7 @@ impl Topology {
         let mut series = Vec::new();
         for (start, bucket) in self.buckets(from_ns, to_ns) {
             let mut point: Option<EdgeMetrics> = None;
-            for (&(src, dst), metrics) in &bucket.edges {
+            for ((src, dst), metrics) in bucket.edges() {
                 if self.directory.node_at(src, level) == *source
                     && self.directory.node_at(dst, level) == *target
                 {

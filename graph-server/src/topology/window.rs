@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::Topology;
 use super::metrics::{EdgeMetrics, EdgeSummary};
 use super::node::{Level, NodeKey};
+use super::{FastMap, Topology};
 use crate::config::HealthThresholds;
 
 mod latencies;
@@ -21,10 +21,6 @@ use latencies::WindowLatencies;
 
 /// No node yet.
 const NONE: u32 = u32::MAX;
-
-/// Edge ids are interned endpoint ids, not attacker-chosen bytes, and this map is hit
-/// once per edge per bucket: a fast hasher (still randomly seeded) rather than SipHash.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A node at the graph's level.
 #[derive(Debug)]
@@ -72,12 +68,12 @@ impl<'a> WindowGraph<'a> {
         for (_, bucket) in topology.buckets(from_ns, to_ns) {
             if edges.is_empty() {
                 // Most edges show up in most buckets: the first sizes the rest.
-                let n = bucket.edges.len();
+                let n = bucket.len();
                 slots.reserve(n);
                 edges.reserve(n);
                 counts.reserve(n);
             }
-            for (&(src, dst), metrics) in &bucket.edges {
+            for ((src, dst), metrics) in bucket.edges() {
                 let (a, b) = (level_nodes.node(src), level_nodes.node(dst));
                 if !level_nodes.in_namespace[a as usize] && !level_nodes.in_namespace[b as usize] {
                     continue;
