@@ -263,11 +263,11 @@ fn graph_view_by_copies(
     t: &Topology,
     level: Level,
     namespace: Option<&str>,
+    (from, to): (u64, u64),
     thresholds: &HealthThresholds,
 ) -> (NodeRows, EdgeRows) {
     use petgraph::Direction;
-    let (from, to) = (T0, T0 + 60 * SECOND);
-    let seconds = 60.0;
+    let seconds = (to - from) as f64 / 1e9;
     let graph = t.graph(level, namespace, from, to);
     let g = &graph.graph;
     let mut nodes: Vec<_> = g
@@ -298,6 +298,32 @@ fn graph_view_by_copies(
         .collect();
     edges.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     (nodes, edges)
+}
+
+fn assert_same_view(
+    t: &Topology,
+    level: Level,
+    namespace: Option<&str>,
+    (from, to): (u64, u64),
+    thresholds: &HealthThresholds,
+) {
+    let view = t.graph_view(level, namespace, from, to, thresholds);
+    let nodes: NodeRows = (view.nodes.iter())
+        .map(|n| (n.id.clone(), n.health, n.inbound.clone()))
+        .collect();
+    let edges: EdgeRows = (view.edges.iter())
+        .map(|e| {
+            (
+                e.source.to_string(),
+                e.target.to_string(),
+                e.metrics.clone(),
+            )
+        })
+        .collect();
+    let (expected_nodes, expected_edges) =
+        graph_view_by_copies(t, level, namespace, (from, to), thresholds);
+    assert_eq!(nodes, expected_nodes, "nodes at {level:?} in {namespace:?}");
+    assert_eq!(edges, expected_edges, "edges at {level:?} in {namespace:?}");
 }
 
 /// A minute of mixed traffic over six buckets: quiet edges (sample lists), busy ones
@@ -374,23 +400,7 @@ fn graph_view_equals_merging_copies_of_every_bucket() {
         (Level::Namespace, None),
         (Level::Namespace, Some("shop")),
     ] {
-        let view = t.graph_view(level, namespace, T0, T0 + 60 * SECOND, &thresholds);
-        let nodes: NodeRows = (view.nodes.iter())
-            .map(|n| (n.id.clone(), n.health, n.inbound.clone()))
-            .collect();
-        let edges: EdgeRows = (view.edges.iter())
-            .map(|e| {
-                (
-                    e.source.to_string(),
-                    e.target.to_string(),
-                    e.metrics.clone(),
-                )
-            })
-            .collect();
-        let (expected_nodes, expected_edges) =
-            graph_view_by_copies(&t, level, namespace, &thresholds);
-        assert_eq!(nodes, expected_nodes, "nodes at {level:?} in {namespace:?}");
-        assert_eq!(edges, expected_edges, "edges at {level:?} in {namespace:?}");
+        assert_same_view(&t, level, namespace, (T0, T0 + 60 * SECOND), &thresholds);
     }
     // The fixture reaches every path: busy and mixed edges, a hub whose inbound union
     // is past the sorted-list limit, connect latency, and more than one health.
@@ -407,4 +417,31 @@ fn graph_view_equals_merging_copies_of_every_bucket() {
     let healths: std::collections::BTreeSet<_> =
         view.edges.iter().map(|e| e.metrics.health).collect();
     assert!(healths.len() > 1, "{healths:?}");
+}
+
+#[test]
+fn long_windows_give_the_same_view_as_merging_copies() {
+    // Half an hour of a quiet edge: 50 requests per bucket stay sample lists, and 180
+    // buckets of them are past what a window copies per edge (the rest is counted in a
+    // histogram of the edge's own); a second caller keeps the hub's union mixed.
+    let mut t = Topology::new(10 * SECOND);
+    for bucket in 0..180 {
+        let at = T0 + bucket * 10 * SECOND;
+        for i in 0..50 {
+            t.add_request(&request(
+                "frontend",
+                "hub",
+                at + i * MS,
+                1_000 + bucket * 37 + i,
+                200,
+            ));
+        }
+        t.add_request(&request("checkout", "hub", at, 90 + bucket, 200));
+    }
+    let thresholds = HealthThresholds::default();
+    let window = (T0, T0 + 1800 * SECOND);
+    assert_same_view(&t, Level::Workload, None, window, &thresholds);
+    let view = t.graph_view(Level::Workload, None, window.0, window.1, &thresholds);
+    let busy = summary(&view, "workload:shop:frontend", "workload:shop:hub");
+    assert_eq!(busy.latency.unwrap().count, 9000);
 }

@@ -3,6 +3,10 @@
 //! histograms are referenced. Percentiles then come from contiguous memory, once per
 //! edge (or per node's inbound edges), with no distribution merged into a copy.
 //!
+//! An edge's values are copied up to [`MAX_GATHERED_VALUES`]; past that (a busy edge
+//! over a long window) they are counted into a histogram of the edge's own, so what a
+//! query holds stays bounded per edge, as when buckets were merged into copies.
+//!
 //! Gives exactly what [`EdgeMetrics::merge`] over the buckets followed by
 //! [`EdgeMetrics::summary`] gives: the percentiles of a union of sample lists and
 //! histograms do not depend on how it was merged (`sorted_percentiles` returns what a
@@ -20,6 +24,10 @@ use crate::topology::metrics::{
 /// fed by thousands of edges over a long window would otherwise sort millions).
 const MAX_SORTED_SAMPLES: usize = 4096;
 
+/// Values copied per edge per distribution (12 bytes each while grouping) before the rest
+/// go into a histogram of the edge's own, about the size of one.
+const MAX_GATHERED_VALUES: u32 = 1024;
+
 /// Request latency, connect latency, tunnel setup: the distributions an edge keeps.
 const REQUEST: usize = 0;
 const CONNECT: usize = 1;
@@ -34,8 +42,7 @@ pub struct WindowLatencies<'a> {
 /// One kind of distribution of every slot.
 #[derive(Debug, Default)]
 struct Gathered<'a> {
-    /// Per slot: whether some bucket had this distribution.
-    present: Vec<bool>,
+    slots: Vec<SlotState>,
     /// (slot, value) and (slot, histogram) in reading order, until [`Self::group`].
     read_values: Vec<(u32, u32)>,
     read_histograms: Vec<(u32, &'a Histogram<u32>)>,
@@ -47,27 +54,49 @@ struct Gathered<'a> {
     histograms: Vec<&'a Histogram<u32>>,
 }
 
+/// What one slot has of one kind of distribution besides its grouped values.
+#[derive(Debug, Default)]
+struct SlotState {
+    /// Some bucket had this distribution.
+    present: bool,
+    /// Values copied into `read_values`.
+    gathered: u32,
+    /// Values past [`MAX_GATHERED_VALUES`].
+    overflow: Option<Box<Histogram<u32>>>,
+}
+
 impl<'a> Gathered<'a> {
     fn add(&mut self, slot: u32, latency: Option<&'a Latency>) {
         let Some(latency) = latency else {
             return;
         };
         let i = slot as usize;
-        if i >= self.present.len() {
-            self.present.resize(i + 1, false);
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, SlotState::default);
         }
-        self.present[i] = true;
-        match latency {
-            Latency::Histogram(h) => self.read_histograms.push((slot, h)),
-            list => {
-                let values = list.samples().unwrap_or_default();
-                self.read_values.extend(values.iter().map(|&v| (slot, v)));
+        let state = &mut self.slots[i];
+        state.present = true;
+        let values = match latency {
+            Latency::Histogram(h) => {
+                self.read_histograms.push((slot, h));
+                return;
+            }
+            list => list.samples().unwrap_or_default(),
+        };
+        let n = values.len() as u32;
+        if state.gathered + n <= MAX_GATHERED_VALUES {
+            state.gathered += n;
+            self.read_values.extend(values.iter().map(|&v| (slot, v)));
+        } else {
+            let h = state.overflow.get_or_insert_with(|| Box::new(histogram()));
+            for &v in values {
+                record_into(h, u64::from(v));
             }
         }
     }
 
     fn group(&mut self, slots: usize) {
-        self.present.resize(slots, false);
+        self.slots.resize_with(slots, SlotState::default);
         (self.value_start, self.values) = group(slots, std::mem::take(&mut self.read_values));
         (self.histogram_start, self.histograms) =
             group(slots, std::mem::take(&mut self.read_histograms));
@@ -88,11 +117,12 @@ impl<'a> Gathered<'a> {
         slots: impl Iterator<Item = usize> + Clone,
         scratch: &mut Summariser,
     ) -> Option<Percentiles> {
-        if !slots.clone().any(|s| self.present[s]) {
+        if !slots.clone().any(|s| self.slots[s].present) {
             return None;
         }
         let values: usize = slots.clone().map(|s| self.values(s).len()).sum();
-        let histograms = slots.clone().any(|s| !self.histograms(s).is_empty());
+        let histograms = (slots.clone())
+            .any(|s| !self.histograms(s).is_empty() || self.slots[s].overflow.is_some());
         if !histograms && values <= MAX_SORTED_SAMPLES {
             scratch.values.clear();
             for s in slots {
@@ -108,9 +138,12 @@ impl<'a> Gathered<'a> {
             for &v in self.values(s) {
                 record_into(h, u64::from(v));
             }
+            // Both auto-resize, so adding never fails for range reasons.
             for other in self.histograms(s) {
-                // Both auto-resize, so adding never fails for range reasons.
                 let _ = h.add(*other);
+            }
+            if let Some(overflow) = &self.slots[s].overflow {
+                let _ = h.add(&**overflow);
             }
         }
         Some(histogram_percentiles(h))
@@ -189,5 +222,70 @@ impl Default for Summariser {
             values: Vec::new(),
             histogram: histogram(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 30 buckets of 50 request latencies each for slot 0, 2 each for slot 1.
+    fn buckets() -> Vec<EdgeMetrics> {
+        let mut buckets = Vec::new();
+        for b in 0..30u64 {
+            let mut busy = EdgeMetrics::default();
+            for i in 0..50 {
+                busy.record_request_latency(1_000 + b * 100 + i);
+            }
+            let mut quiet = EdgeMetrics::default();
+            quiet.record_request_latency(7 + b);
+            quiet.record_request_latency(100_000 + b);
+            buckets.extend([busy, quiet]);
+        }
+        buckets
+    }
+
+    #[test]
+    fn values_past_the_gathered_limit_go_into_the_edges_own_histogram() {
+        let buckets = buckets();
+        let mut window = WindowLatencies::default();
+        for pair in buckets.chunks(2) {
+            window.add(0, &pair[0]);
+            window.add(1, &pair[1]);
+        }
+        window.group(2);
+        let request = &window.kinds[REQUEST];
+        // 20 buckets × 50 fit under 1024; the other 10 buckets' 500 overflow.
+        assert_eq!(request.slots[0].gathered, 1000);
+        assert_eq!(request.values(0).len(), 1000);
+        let overflow = request.slots[0]
+            .overflow
+            .as_ref()
+            .expect("slot 0 overflowed");
+        assert_eq!(overflow.len(), 500);
+        assert_eq!(
+            (request.slots[1].gathered, request.values(1).len()),
+            (60, 60)
+        );
+        assert!(request.slots[1].overflow.is_none());
+        assert!(!window.kinds[CONNECT].slots[0].present);
+
+        // Same percentiles as merging copies of every bucket.
+        let mut scratch = Summariser::default();
+        for slots in [vec![0], vec![1], vec![0, 1]] {
+            let mut merged = EdgeMetrics::default();
+            for (i, m) in buckets.iter().enumerate() {
+                if slots.contains(&(i % 2)) {
+                    merged.merge(m);
+                }
+            }
+            let expected = merged.latency().map(|(p, _)| p);
+            let got = request.percentiles(slots.iter().copied(), &mut scratch);
+            assert_eq!(got, expected, "slots {slots:?}");
+        }
+        let all = request
+            .percentiles([0, 1].into_iter(), &mut scratch)
+            .unwrap();
+        assert_eq!(all.count, 1560);
     }
 }
