@@ -108,9 +108,8 @@ impl OutageDetector {
         let end_ns = start_ns + topology.bucket_width_ns();
         let failing: Vec<(EdgeKey, &EdgeMetrics)> = topology
             .buckets(start_ns, end_ns)
-            .flat_map(|(_, b)| b.edges.iter())
+            .flat_map(|(_, b)| b.edges())
             .filter(|(_, m)| m.health(&self.thresholds) == Health::Failing)
-            .map(|(k, m)| (*k, m))
             .collect();
         let mut touched = HashSet::new();
         for component in components(&failing) {

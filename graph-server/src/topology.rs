@@ -13,6 +13,7 @@ use crate::record::{MeshFlow, MeshPath, Outcome, Peer, Protocol, Request, Role};
 pub mod graph;
 pub mod metrics;
 pub mod node;
+pub mod window;
 
 pub use metrics::{EdgeMetrics, EdgeSummary, ErrorCounts, ErrorKind, Health};
 pub use node::{Level, NodeKey, NodeKind};
@@ -102,6 +103,11 @@ impl Directory {
         }
     }
 
+    /// Endpoints interned so far; ids are `0..len`.
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
     pub fn key(&self, id: u32) -> &NodeKey {
         &self.keys[id as usize]
     }
@@ -160,11 +166,49 @@ impl Directory {
     }
 }
 
-/// Edge metrics of one time bucket.
+/// Interned ids, not attacker-chosen bytes, on the per-record path: a fast hasher (still
+/// randomly seeded) rather than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Edge metrics of one time bucket, in the order the edges first showed up in it.
+///
+/// A `Vec` with an index rather than a map of metrics: a window query reads every entry
+/// of every bucket it covers, and a dense array is one sequential stream, where a hash
+/// table's ~280-byte slots are half empty and defeat the prefetcher.
 #[derive(Debug, Default)]
 pub struct Bucket {
-    pub edges: HashMap<EdgeKey, EdgeMetrics>,
+    index: FastMap<EdgeKey, u32>,
+    entries: Vec<(EdgeKey, EdgeMetrics)>,
     bytes: usize,
+}
+
+impl Bucket {
+    /// Every edge's metrics.
+    pub fn edges(&self) -> impl ExactSizeIterator<Item = (EdgeKey, &EdgeMetrics)> {
+        self.entries.iter().map(|(key, metrics)| (*key, metrics))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The metrics of `key`, made if missing, and the bytes making them took.
+    fn entry(&mut self, key: EdgeKey) -> (&mut EdgeMetrics, usize) {
+        let mut added = 0;
+        let i = *self.index.entry(key).or_insert_with(|| {
+            self.entries.push((key, EdgeMetrics::default()));
+            added = size_of::<(EdgeKey, EdgeMetrics)>()
+                + size_of::<(EdgeKey, u32)>()
+                + MAP_ENTRY_OVERHEAD;
+            (self.entries.len() - 1) as u32
+        });
+        self.bytes += added;
+        (&mut self.entries[i as usize].1, added)
+    }
 }
 
 /// Cumulative counters per edge since the server started, for Prometheus.
@@ -183,7 +227,7 @@ pub struct Topology {
     bucket_width_ns: u64,
     pub directory: Directory,
     buckets: BTreeMap<u64, Bucket>,
-    totals: HashMap<EdgeKey, EdgeTotals>,
+    totals: FastMap<EdgeKey, EdgeTotals>,
     /// Buckets before this were evicted; records for them are late and dropped.
     floor_ns: u64,
     bytes: usize,
@@ -214,7 +258,7 @@ impl Topology {
             bucket_width_ns,
             directory: Directory::default(),
             buckets: BTreeMap::new(),
-            totals: HashMap::new(),
+            totals: FastMap::default(),
             floor_ns: 0,
             bytes: 0,
             late_records: 0,
@@ -239,7 +283,7 @@ impl Topology {
         self.buckets.keys().next().copied()
     }
 
-    pub fn totals(&self) -> &HashMap<EdgeKey, EdgeTotals> {
+    pub fn totals(&self) -> &HashMap<EdgeKey, EdgeTotals, impl std::hash::BuildHasher> {
         &self.totals
     }
 
@@ -270,12 +314,8 @@ impl Topology {
             self.bytes += size_of::<Bucket>() + size_of::<u64>() + MAP_ENTRY_OVERHEAD;
             Bucket::default()
         });
-        let metrics = bucket.edges.entry(edge).or_insert_with(|| {
-            let size = size_of::<EdgeKey>() + size_of::<EdgeMetrics>() + MAP_ENTRY_OVERHEAD;
-            bucket.bytes += size;
-            self.bytes += size;
-            EdgeMetrics::default()
-        });
+        let (metrics, added) = bucket.entry(edge);
+        self.bytes += added;
         Some(metrics)
     }
 
@@ -409,8 +449,8 @@ impl Topology {
     pub fn merged(&self, from_ns: u64, to_ns: u64) -> HashMap<EdgeKey, EdgeMetrics> {
         let mut merged: HashMap<EdgeKey, EdgeMetrics> = HashMap::new();
         for (_, bucket) in self.buckets(from_ns, to_ns) {
-            for (edge, metrics) in &bucket.edges {
-                merged.entry(*edge).or_default().merge(metrics);
+            for (edge, metrics) in bucket.edges() {
+                merged.entry(edge).or_default().merge(metrics);
             }
         }
         merged

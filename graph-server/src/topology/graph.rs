@@ -1,5 +1,6 @@
 //! The topology as a petgraph graph at one level over one window, and its JSON views.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -7,6 +8,7 @@ use serde::Serialize;
 
 use super::metrics::{EdgeMetrics, EdgeSummary, Health};
 use super::node::{Level, NodeKey, NodeKind};
+use super::window::{Summariser, WindowGraph};
 use super::{Bucket, Topology};
 use crate::config::HealthThresholds;
 
@@ -38,7 +40,7 @@ impl TopologyGraph {
         mapped: &mut HashMap<u32, Option<NodeIndex>>,
         keep: &dyn Fn(&NodeKey, &NodeKey) -> bool,
     ) {
-        for (&(src, dst), metrics) in &bucket.edges {
+        for ((src, dst), metrics) in bucket.edges() {
             let mut map = |id: u32, this: &mut Self| {
                 *mapped
                     .entry(id)
@@ -103,7 +105,8 @@ impl Topology {
         graph
     }
 
-    /// `GET /api/v1/graph`.
+    /// `GET /api/v1/graph`. Built from a [`WindowGraph`], not [`Self::graph`]: each edge
+    /// and each node's inbound traffic is summarised once from the buckets in place.
     pub fn graph_view(
         &self,
         level: Level,
@@ -112,32 +115,32 @@ impl Topology {
         to_ns: u64,
         thresholds: &HealthThresholds,
     ) -> GraphView {
-        let graph = self.graph(level, namespace, from_ns, to_ns);
+        let window = WindowGraph::new(self, level, namespace, from_ns, to_ns);
         let seconds = window_seconds(from_ns, to_ns);
-        let g = &graph.graph;
-        let mut nodes: Vec<NodeView> = g
-            .node_indices()
-            .map(|i| {
-                let inbound = graph.sum(i, Direction::Incoming);
-                let health = inbound
-                    .as_ref()
-                    .map_or(Health::Idle, |m| m.health(thresholds));
-                NodeView::new(
-                    &g[i],
-                    health,
-                    inbound.map(|m| m.summary(seconds, thresholds)),
-                )
+        let mut summariser = Summariser::default();
+        let nodes = window
+            .incoming()
+            .into_iter()
+            .zip(&window.nodes)
+            .map(|(incoming, node)| {
+                let inbound = (!incoming.is_empty())
+                    .then(|| window.summary_of(&mut summariser, &incoming, seconds, thresholds));
+                let health = inbound.as_ref().map_or(Health::Idle, |s| s.health);
+                NodeView::with_id(node.id.to_string(), &node.key, health, inbound)
             })
             .collect();
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut edges: Vec<EdgeView> = g
-            .edge_indices()
+        let edges = window
+            .edges
+            .iter()
             .map(|e| {
-                let (a, b) = g.edge_endpoints(e).expect("edge of this graph");
-                EdgeView::new(&g[a], &g[b], g[e].summary(seconds, thresholds))
+                let metrics = window.summary(&mut summariser, e, seconds, thresholds);
+                EdgeView {
+                    source: window.nodes[e.source as usize].id.clone(),
+                    target: window.nodes[e.target as usize].id.clone(),
+                    metrics,
+                }
             })
             .collect();
-        edges.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
         GraphView {
             level,
             namespace: namespace.map(str::to_owned),
@@ -187,7 +190,7 @@ impl Topology {
         for (start, bucket) in self.buckets(from_ns, to_ns) {
             let mut inbound: Option<EdgeMetrics> = None;
             let mut outbound: Option<EdgeMetrics> = None;
-            for (&(src, dst), metrics) in &bucket.edges {
+            for ((src, dst), metrics) in bucket.edges() {
                 let add =
                     |slot: &mut Option<EdgeMetrics>| slot.get_or_insert_default().merge(metrics);
                 if self.directory.node_at(dst, level) == *key {
@@ -241,7 +244,7 @@ impl Topology {
         let mut series = Vec::new();
         for (start, bucket) in self.buckets(from_ns, to_ns) {
             let mut point: Option<EdgeMetrics> = None;
-            for (&(src, dst), metrics) in &bucket.edges {
+            for ((src, dst), metrics) in bucket.edges() {
                 if self.directory.node_at(src, level) == *source
                     && self.directory.node_at(dst, level) == *target
                 {
@@ -283,6 +286,18 @@ pub struct GraphView {
     pub edges: Vec<EdgeView>,
 }
 
+impl GraphView {
+    /// About the size of this view as JSON, to size the response buffer: an edge's
+    /// summary takes ~600 bytes, plus its id, source and target; a node's ~700.
+    pub fn json_size_hint(&self) -> usize {
+        let edges: usize = (self.edges.iter())
+            .map(|e| 600 + 2 * (e.source.len() + e.target.len()))
+            .sum();
+        let nodes: usize = self.nodes.iter().map(|n| 700 + 2 * n.id.len()).sum();
+        256 + edges + nodes
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct NodeView {
     pub id: String,
@@ -297,8 +312,13 @@ pub struct NodeView {
 
 impl NodeView {
     fn new(key: &NodeKey, health: Health, inbound: Option<EdgeSummary>) -> Self {
+        Self::with_id(key.to_string(), key, health, inbound)
+    }
+
+    /// With `id`, `key.to_string()` made already.
+    fn with_id(id: String, key: &NodeKey, health: Health, inbound: Option<EdgeSummary>) -> Self {
         Self {
-            id: key.to_string(),
+            id,
             kind: key.kind(),
             name: key.name().to_owned(),
             namespace: key.namespace().map(str::to_owned),
@@ -308,24 +328,52 @@ impl NodeView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// An edge as the API returns it: `{"id": "<source>-><target>", "source", "target", ...the
+/// summary's fields}`. The id is written while serialising, and the ends are shared with
+/// every other edge at the same node, so a view of many edges allocates nothing per edge.
+#[derive(Debug)]
 pub struct EdgeView {
-    pub id: String,
-    pub source: String,
-    pub target: String,
-    #[serde(flatten)]
+    pub source: Arc<str>,
+    pub target: Arc<str>,
     pub metrics: EdgeSummary,
 }
 
 impl EdgeView {
     fn new(source: &NodeKey, target: &NodeKey, metrics: EdgeSummary) -> Self {
-        let (source, target) = (source.to_string(), target.to_string());
         Self {
-            id: format!("{source}->{target}"),
-            source,
-            target,
+            source: source.to_string().into(),
+            target: target.to_string().into(),
             metrics,
         }
+    }
+}
+
+impl Serialize for EdgeView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            id: EdgeId<'a>,
+            source: &'a str,
+            target: &'a str,
+            #[serde(flatten)]
+            metrics: &'a EdgeSummary,
+        }
+        Wire {
+            id: EdgeId(&self.source, &self.target),
+            source: &self.source,
+            target: &self.target,
+            metrics: &self.metrics,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// `source->target`, serialised without building the string.
+struct EdgeId<'a>(&'a str, &'a str);
+
+impl Serialize for EdgeId<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{}->{}", self.0, self.1))
     }
 }
 

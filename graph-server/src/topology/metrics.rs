@@ -99,6 +99,9 @@ impl Serialize for ErrorCounts {
 /// Samples an edge keeps as a plain list before switching to a histogram.
 const MAX_SAMPLES: usize = 64;
 
+/// Samples kept in place, before a list is allocated.
+const INLINE_SAMPLES: usize = 6;
+
 /// A mergeable latency distribution: hdrhistogram with 2 significant digits (≤ 1 % error)
 /// and u32 counts, auto-resizing so it only pays for the range its values span.
 ///
@@ -106,8 +109,14 @@ const MAX_SAMPLES: usize = 64;
 /// its whole counts array to merge, whatever it holds. So a bucket keeps up to
 /// [`MAX_SAMPLES`] raw values first and becomes a histogram past that; percentiles always
 /// come out of an hdrhistogram, so numbers do not change meaning when an edge gets busy.
+/// The first [`INLINE_SAMPLES`] values stay in place: a quiet edge then costs no
+/// allocation when recorded and no pointer chase when a window reads it.
 #[derive(Clone, Debug)]
 pub enum Latency {
+    Few {
+        len: u8,
+        values: [u32; INLINE_SAMPLES],
+    },
     Samples(Vec<u32>),
     Histogram(Box<Histogram<u32>>),
 }
@@ -116,11 +125,11 @@ pub enum Latency {
 /// `highest_equivalent` for all.
 static TEMPLATE: std::sync::LazyLock<Histogram<u32>> = std::sync::LazyLock::new(histogram);
 
-fn histogram() -> Histogram<u32> {
+pub(super) fn histogram() -> Histogram<u32> {
     Histogram::new(2).expect("2 significant digits is a valid precision")
 }
 
-fn record_into(h: &mut Histogram<u32>, us: u64) {
+pub(super) fn record_into(h: &mut Histogram<u32>, us: u64) {
     // `record` grows the histogram (`saturating_record` would clamp to its current
     // range); it only fails past u64 index space, where clamping is the best answer.
     if h.record(us).is_err() {
@@ -130,14 +139,35 @@ fn record_into(h: &mut Histogram<u32>, us: u64) {
 
 impl Latency {
     fn new() -> Self {
-        Self::Samples(Vec::new())
+        Self::Few {
+            len: 0,
+            values: [0; INLINE_SAMPLES],
+        }
+    }
+
+    /// The recorded values, until they moved into a histogram.
+    pub fn samples(&self) -> Option<&[u32]> {
+        match self {
+            Self::Few { len, values } => Some(&values[..usize::from(*len)]),
+            Self::Samples(samples) => Some(samples),
+            Self::Histogram(_) => None,
+        }
     }
 
     fn record(&mut self, us: u64) {
+        let value = u32::try_from(us).unwrap_or(u32::MAX);
         match self {
-            Self::Samples(samples) if samples.len() < MAX_SAMPLES => {
-                samples.push(u32::try_from(us).unwrap_or(u32::MAX));
+            Self::Few { len, values } if usize::from(*len) < INLINE_SAMPLES => {
+                values[usize::from(*len)] = value;
+                *len += 1;
             }
+            Self::Few { values, .. } => {
+                let mut samples = Vec::with_capacity(2 * INLINE_SAMPLES);
+                samples.extend_from_slice(values);
+                samples.push(value);
+                *self = Self::Samples(samples);
+            }
+            Self::Samples(samples) if samples.len() < MAX_SAMPLES => samples.push(value),
             Self::Samples(samples) => {
                 let mut h = histogram();
                 for &v in samples.iter() {
@@ -151,31 +181,21 @@ impl Latency {
     }
 
     fn merge(&mut self, other: &Self) {
-        match (&mut *self, other) {
-            (Self::Samples(a), Self::Samples(b)) if a.len() + b.len() <= MAX_SAMPLES => {
-                a.extend_from_slice(b);
+        let Self::Histogram(b) = other else {
+            // Value by value, so a list becomes a histogram where recording would.
+            for &v in other.samples().unwrap_or_default() {
+                self.record(u64::from(v));
             }
-            (Self::Histogram(a), Self::Histogram(b)) => {
-                // Both auto-resize, so adding never fails for range reasons.
+            return;
+        };
+        match self {
+            // Both auto-resize, so adding never fails for range reasons.
+            Self::Histogram(a) => {
                 let _ = a.add(&**b);
             }
-            (Self::Histogram(a), Self::Samples(b)) => {
-                for &v in b {
-                    record_into(a, u64::from(v));
-                }
-            }
-            (Self::Samples(a), _) => {
-                let mut merged = match other {
-                    Self::Histogram(b) => (**b).clone(),
-                    Self::Samples(b) => {
-                        let mut h = histogram();
-                        for &v in b {
-                            record_into(&mut h, u64::from(v));
-                        }
-                        h
-                    }
-                };
-                for &v in a.iter() {
+            _ => {
+                let mut merged = (**b).clone();
+                for &v in self.samples().unwrap_or_default() {
                     record_into(&mut merged, u64::from(v));
                 }
                 *self = Self::Histogram(Box::new(merged));
@@ -186,6 +206,7 @@ impl Latency {
     /// Bytes this distribution holds.
     pub fn bytes(&self) -> usize {
         match self {
+            Self::Few { .. } => size_of::<Self>(),
             Self::Samples(s) => size_of::<Self>() + s.capacity() * size_of::<u32>(),
             Self::Histogram(h) => {
                 size_of::<Self>()
@@ -196,33 +217,41 @@ impl Latency {
     }
 
     pub fn percentiles(&self) -> Percentiles {
-        let of = |h: &Histogram<u32>| Percentiles {
-            p50_us: h.value_at_quantile(0.50),
-            p95_us: h.value_at_quantile(0.95),
-            p99_us: h.value_at_quantile(0.99),
-            count: h.len(),
-        };
-        match self {
-            Self::Histogram(h) => of(h),
-            Self::Samples(samples) => {
-                // The same answer hdrhistogram's `value_at_quantile` gives (the k-th
-                // smallest value's bucket top, k = ceil(q·n)), without building one.
-                let mut sorted = samples.clone();
-                sorted.sort_unstable();
-                let at = |q: f64| {
-                    let k = ((q * sorted.len() as f64).ceil() as usize).max(1);
-                    sorted
-                        .get(k - 1)
-                        .map_or(0, |&v| TEMPLATE.highest_equivalent(u64::from(v)))
-                };
-                Percentiles {
-                    p50_us: at(0.50),
-                    p95_us: at(0.95),
-                    p99_us: at(0.99),
-                    count: sorted.len() as u64,
-                }
-            }
+        if let Self::Histogram(h) = self {
+            return histogram_percentiles(h);
         }
+        let mut sorted = self.samples().unwrap_or_default().to_vec();
+        sorted.sort_unstable();
+        sorted_percentiles(&sorted)
+    }
+}
+
+pub(super) fn histogram_percentiles(h: &Histogram<u32>) -> Percentiles {
+    // One scan of the counts for all three (`value_at_quantile` scans once per call).
+    let mut at = h.value_at_quantiles([0.50, 0.95, 0.99]);
+    let mut next = || at.next().expect("one value per quantile asked for");
+    Percentiles {
+        p50_us: next(),
+        p95_us: next(),
+        p99_us: next(),
+        count: h.len(),
+    }
+}
+
+/// The answer hdrhistogram's `value_at_quantile` gives for these values (the k-th
+/// smallest value's bucket top, k = ceil(q·n)), without building a histogram.
+pub(super) fn sorted_percentiles(sorted: &[u32]) -> Percentiles {
+    let at = |q: f64| {
+        let k = ((q * sorted.len() as f64).ceil() as usize).max(1);
+        sorted
+            .get(k - 1)
+            .map_or(0, |&v| TEMPLATE.highest_equivalent(u64::from(v)))
+    };
+    Percentiles {
+        p50_us: at(0.50),
+        p95_us: at(0.95),
+        p99_us: at(0.99),
+        count: sorted.len() as u64,
     }
 }
 
@@ -289,6 +318,14 @@ impl EdgeMetrics {
     }
 
     pub fn merge(&mut self, other: &Self) {
+        self.merge_counts(other);
+        merge_latency(&mut self.request_latency, &other.request_latency);
+        merge_latency(&mut self.connect_latency, &other.connect_latency);
+        merge_latency(&mut self.tunnel_setup, &other.tunnel_setup);
+    }
+
+    /// Adds `other`'s counters, error times and protocols, not its latency distributions.
+    pub fn merge_counts(&mut self, other: &Self) {
         self.connections += other.connections;
         self.mtls_connections += other.mtls_connections;
         self.tunnels_reused += other.tunnels_reused;
@@ -304,9 +341,6 @@ impl EdgeMetrics {
         }
         self.protocols.http |= other.protocols.http;
         self.protocols.grpc |= other.protocols.grpc;
-        merge_latency(&mut self.request_latency, &other.request_latency);
-        merge_latency(&mut self.connect_latency, &other.connect_latency);
-        merge_latency(&mut self.tunnel_setup, &other.tunnel_setup);
     }
 
     /// Estimated bytes held, histograms included.
@@ -346,6 +380,16 @@ impl EdgeMetrics {
     }
 
     pub fn health(&self, thresholds: &HealthThresholds) -> Health {
+        // Percentiles only matter with a latency threshold; don't compute them otherwise.
+        let latency = thresholds
+            .degraded_p95_latency
+            .and_then(|_| self.latency())
+            .map(|(p, _)| p);
+        self.health_with(thresholds, latency.as_ref())
+    }
+
+    /// Health given the percentiles of this edge's latency (from [`Self::latency`]).
+    fn health_with(&self, thresholds: &HealthThresholds, latency: Option<&Percentiles>) -> Health {
         let attempts = self.attempts();
         if attempts == 0 {
             return Health::Idle;
@@ -358,8 +402,7 @@ impl EdgeMetrics {
             return Health::Failing;
         }
         let slow = thresholds.degraded_p95_latency.is_some_and(|limit| {
-            self.latency()
-                .is_some_and(|(p, _)| u128::from(p.p95_us) >= limit.as_micros())
+            latency.is_some_and(|p| u128::from(p.p95_us) >= limit.as_micros())
         });
         if rate >= thresholds.degraded_error_rate || slow {
             Health::Degraded
@@ -379,8 +422,20 @@ impl EdgeMetrics {
     }
 
     pub fn summary(&self, window_seconds: f64, thresholds: &HealthThresholds) -> EdgeSummary {
+        let tunnel_setup = self.tunnel_setup.as_ref().map(Latency::percentiles);
+        self.summary_with(window_seconds, thresholds, self.latency(), tunnel_setup)
+    }
+
+    /// The summary of these counters with latency percentiles computed elsewhere (from
+    /// distributions this value does not hold, see `window::latencies`).
+    pub(super) fn summary_with(
+        &self,
+        window_seconds: f64,
+        thresholds: &HealthThresholds,
+        latency: Option<(Percentiles, LatencyKind)>,
+        tunnel_setup: Option<Percentiles>,
+    ) -> EdgeSummary {
         let per_second = |n: u64| round3(n as f64 / window_seconds);
-        let latency = self.latency();
         EdgeSummary {
             protocol: if self.protocols.grpc {
                 "grpc"
@@ -401,11 +456,11 @@ impl EdgeMetrics {
             error_rate: round3(self.error_rate()),
             latency: latency.map(|(p, _)| p),
             latency_kind: latency.map(|(_, k)| k),
-            tunnel_setup: self.tunnel_setup.as_ref().map(Latency::percentiles),
+            tunnel_setup,
             pool_reuse_ratio: ratio(self.tunnels_reused, self.tunnels_reused + self.tunnels_new)
                 .map(round3),
             mtls_share: ratio(self.mtls_connections, self.connections).map(round3),
-            health: self.health(thresholds),
+            health: self.health_with(thresholds, latency.as_ref().map(|(p, _)| p)),
         }
     }
 }
@@ -545,6 +600,48 @@ mod tests {
             (a.p50_us, a.p95_us, a.p99_us, a.count),
             (1103, 1191, 1199, 200)
         );
+    }
+
+    #[test]
+    fn quiet_edges_keep_samples_in_place_until_a_list_is_needed() {
+        let mut m = EdgeMetrics::default();
+        let kind = |m: &EdgeMetrics| match m.request_latency.as_ref().unwrap() {
+            Latency::Few { len, .. } => format!("few {len}"),
+            Latency::Samples(s) => format!("list {}", s.len()),
+            Latency::Histogram(h) => format!("histogram {}", h.len()),
+        };
+        let grown = |m: &mut EdgeMetrics, us| m.record_request_latency(us);
+        assert_eq!(grown(&mut m, 40), 0, "the first value allocates nothing");
+        for us in [10, 30, 20, 60, 55] {
+            assert_eq!(grown(&mut m, us), 0);
+        }
+        assert_eq!(kind(&m), "few 6");
+        let samples = m.request_latency.as_ref().unwrap().samples();
+        assert_eq!(samples, Some(&[40, 10, 30, 20, 60, 55][..]));
+        let p = m.latency().unwrap().0;
+        assert_eq!((p.p50_us, p.p95_us, p.count), (30, 60, 6));
+        // The seventh moves them to a list, the 65th to a histogram.
+        assert_eq!(grown(&mut m, 50), 12 * size_of::<u32>());
+        assert_eq!(kind(&m), "list 7");
+        let mut other = EdgeMetrics::default();
+        for us in 100..158 {
+            other.record_request_latency(us);
+        }
+        assert_eq!(kind(&other), "list 58");
+        m.merge(&other);
+        assert_eq!(kind(&m), "histogram 65");
+        let p = m.latency().unwrap().0;
+        assert_eq!((p.p50_us, p.p99_us, p.count), (125, 157, 65));
+        // Few merged into few past six becomes a list, with every value.
+        let mut a = EdgeMetrics::default();
+        let mut b = EdgeMetrics::default();
+        for us in 1..=4 {
+            a.record_request_latency(us);
+            b.record_request_latency(us + 10);
+        }
+        a.merge(&b);
+        assert_eq!(kind(&a), "list 8");
+        assert_eq!(a.latency().unwrap().0.count, 8);
     }
 
     #[test]

@@ -44,7 +44,7 @@ fn shop() -> Topology {
 fn summary(view: &GraphView, source: &str, target: &str) -> EdgeSummary {
     view.edges
         .iter()
-        .find(|e| e.source == source && e.target == target)
+        .find(|e| &*e.source == source && &*e.target == target)
         .unwrap_or_else(|| panic!("no edge {source} -> {target} in {:?}", view.edges))
         .metrics
         .clone()
@@ -139,7 +139,7 @@ fn service_and_namespace_levels_roll_workloads_up() {
     let edges: Vec<(&str, &str)> = view
         .edges
         .iter()
-        .map(|e| (e.source.as_str(), e.target.as_str()))
+        .map(|e| (&*e.source, &*e.target))
         .collect();
     // frontend is never a destination, so it has no service and stays a workload.
     assert_eq!(
@@ -159,7 +159,7 @@ fn service_and_namespace_levels_roll_workloads_up() {
     assert_eq!(view.edges.len(), 1);
     let shop = &view.edges[0];
     assert_eq!(
-        (shop.source.as_str(), shop.target.as_str()),
+        (&*shop.source, &*shop.target),
         ("namespace:shop", "namespace:shop")
     );
     assert_eq!((shop.metrics.requests, shop.metrics.connections), (10, 9));
@@ -185,7 +185,7 @@ fn unknown_destinations_become_external_or_service_nodes() {
         T0 + 10 * SECOND,
         &HealthThresholds::default(),
     );
-    let targets: Vec<&str> = view.edges.iter().map(|e| e.target.as_str()).collect();
+    let targets: Vec<&str> = view.edges.iter().map(|e| &*e.target).collect();
     assert_eq!(
         targets,
         [
@@ -216,7 +216,7 @@ fn namespace_filter_keeps_edges_touching_the_namespace() {
     );
     assert_eq!(other.edges.len(), 1);
     assert_eq!(other.nodes.len(), 2);
-    assert_eq!(other.edges[0].target, "workload:other:x");
+    assert_eq!(&*other.edges[0].target, "workload:other:x");
 }
 
 #[test]
@@ -303,4 +303,197 @@ fn a_long_lived_connection_counts_once_from_its_first_interim_record() {
         t.counted_open.is_empty(),
         "the close forgets the connection"
     );
+}
+
+/// (id, health, inbound) per node and (source, target, summary) per edge, sorted.
+type NodeRows = Vec<(String, Health, Option<EdgeSummary>)>;
+type EdgeRows = Vec<(String, String, EdgeSummary)>;
+
+/// What `graph_view` computed before it read the buckets in place: a petgraph graph of
+/// per-bucket metrics cloned and merged, summarised edge by edge and node by node.
+fn graph_view_by_copies(
+    t: &Topology,
+    level: Level,
+    namespace: Option<&str>,
+    (from, to): (u64, u64),
+    thresholds: &HealthThresholds,
+) -> (NodeRows, EdgeRows) {
+    use petgraph::Direction;
+    let seconds = (to - from) as f64 / 1e9;
+    let graph = t.graph(level, namespace, from, to);
+    let g = &graph.graph;
+    let mut nodes: Vec<_> = g
+        .node_indices()
+        .map(|i| {
+            let inbound = graph.sum(i, Direction::Incoming);
+            let health = inbound
+                .as_ref()
+                .map_or(Health::Idle, |m| m.health(thresholds));
+            (
+                g[i].to_string(),
+                health,
+                inbound.map(|m| m.summary(seconds, thresholds)),
+            )
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut edges: Vec<_> = g
+        .edge_indices()
+        .map(|e| {
+            let (a, b) = g.edge_endpoints(e).unwrap();
+            (
+                g[a].to_string(),
+                g[b].to_string(),
+                g[e].summary(seconds, thresholds),
+            )
+        })
+        .collect();
+    edges.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    (nodes, edges)
+}
+
+fn assert_same_view(
+    t: &Topology,
+    level: Level,
+    namespace: Option<&str>,
+    (from, to): (u64, u64),
+    thresholds: &HealthThresholds,
+) {
+    let view = t.graph_view(level, namespace, from, to, thresholds);
+    let nodes: NodeRows = (view.nodes.iter())
+        .map(|n| (n.id.clone(), n.health, n.inbound.clone()))
+        .collect();
+    let edges: EdgeRows = (view.edges.iter())
+        .map(|e| {
+            (
+                e.source.to_string(),
+                e.target.to_string(),
+                e.metrics.clone(),
+            )
+        })
+        .collect();
+    let (expected_nodes, expected_edges) =
+        graph_view_by_copies(t, level, namespace, (from, to), thresholds);
+    assert_eq!(nodes, expected_nodes, "nodes at {level:?} in {namespace:?}");
+    assert_eq!(edges, expected_edges, "edges at {level:?} in {namespace:?}");
+}
+
+/// A minute of mixed traffic over six buckets: quiet edges (sample lists), busy ones
+/// (histograms), a node fed by enough quiet edges that its inbound union is counted in a
+/// histogram, L4-only edges with upstream connect times, failures, two namespaces.
+fn mixed_minute() -> Topology {
+    let mut t = Topology::new(10 * SECOND);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for bucket in 0..6 {
+        let at = T0 + bucket * 10 * SECOND;
+        // 80 callers of `hub`, 1–60 requests each per bucket: 80 sample lists, ~2400
+        // values per bucket, so the hub's inbound union is past the sorted-list limit.
+        for caller in 0..80 {
+            let src = format!("caller-{caller}");
+            for i in 0..1 + next() % 60 {
+                let latency = 200 + next() % 50_000;
+                let status = if next() % 40 == 0 { 503 } else { 200 };
+                t.add_request(&request(&src, "hub", at + i * MS, latency, status));
+            }
+        }
+        // A busy edge: 300 requests per bucket, a histogram in every bucket.
+        for i in 0..300 {
+            let latency = 1_000 + next() % 2_000_000;
+            t.add_request(&request("frontend", "checkout", at + i * MS, latency, 200));
+        }
+        // Quiet in some buckets, busy in others: sample lists merged with histograms.
+        let n = if bucket % 2 == 0 { 3 } else { 100 };
+        for i in 0..n {
+            t.add_request(&request("checkout", "hub", at + i * MS, 900 + i, 200));
+        }
+        // L4 only, from the server side: connect latency; some refused; tunnels.
+        for i in 0..1 + next() % 5 {
+            let mut f = flow("checkout", "payments", at + (i + 1) * MS, Outcome::Closed);
+            if next() % 3 == 0 {
+                f.outcome = Outcome::Refused;
+            }
+            f.tunnel_reused = Some(next() % 2 == 0);
+            f.tunnel_setup_us = Some(100 + next() % 5_000);
+            t.add_flow(&f, at);
+            let mut inbound = f.clone();
+            inbound.side = Role::Server;
+            inbound.upstream_connect_us = Some(50 + next() % 900);
+            t.add_flow(&inbound, at);
+        }
+        // Another namespace, and an external caller.
+        let mut f = flow("frontend", "x", at + MS, Outcome::Closed);
+        f.destination.namespace = "other".into();
+        t.add_flow(&f, at);
+        let mut g = flow("", "hub", at + MS, Outcome::Timeout);
+        g.source = crate::fixture::peer("", "192.168.0.7");
+        g.side = Role::Server;
+        t.add_flow(&g, at);
+    }
+    t
+}
+
+#[test]
+fn graph_view_equals_merging_copies_of_every_bucket() {
+    let t = mixed_minute();
+    let thresholds = HealthThresholds {
+        degraded_p95_latency: Some(std::time::Duration::from_millis(20)),
+        ..HealthThresholds::default()
+    };
+    for (level, namespace) in [
+        (Level::Workload, None),
+        (Level::Workload, Some("other")),
+        (Level::Service, None),
+        (Level::Namespace, None),
+        (Level::Namespace, Some("shop")),
+    ] {
+        assert_same_view(&t, level, namespace, (T0, T0 + 60 * SECOND), &thresholds);
+    }
+    // The fixture reaches every path: busy and mixed edges, a hub whose inbound union
+    // is past the sorted-list limit, connect latency, and more than one health.
+    let view = t.graph_view(Level::Workload, None, T0, T0 + 60 * SECOND, &thresholds);
+    let edge = |s: &str, d: &str| summary(&view, s, d);
+    let busy = edge("workload:shop:frontend", "workload:shop:checkout");
+    assert_eq!(busy.latency.unwrap().count, 1800);
+    let mixed = edge("workload:shop:checkout", "workload:shop:hub");
+    assert_eq!(mixed.latency.unwrap().count, 3 * 3 + 3 * 100);
+    let l4 = edge("workload:shop:checkout", "workload:shop:payments");
+    assert_eq!(l4.latency_kind, Some(metrics::LatencyKind::Connect));
+    let hub = view.nodes.iter().find(|n| n.name == "hub").unwrap();
+    assert!(hub.inbound.as_ref().unwrap().latency.unwrap().count > 4096);
+    let healths: std::collections::BTreeSet<_> =
+        view.edges.iter().map(|e| e.metrics.health).collect();
+    assert!(healths.len() > 1, "{healths:?}");
+}
+
+#[test]
+fn long_windows_give_the_same_view_as_merging_copies() {
+    // Half an hour of a quiet edge: 50 requests per bucket stay sample lists, and 180
+    // buckets of them are past what a window copies per edge (the rest is counted in a
+    // histogram of the edge's own); a second caller keeps the hub's union mixed.
+    let mut t = Topology::new(10 * SECOND);
+    for bucket in 0..180 {
+        let at = T0 + bucket * 10 * SECOND;
+        for i in 0..50 {
+            t.add_request(&request(
+                "frontend",
+                "hub",
+                at + i * MS,
+                1_000 + bucket * 37 + i,
+                200,
+            ));
+        }
+        t.add_request(&request("checkout", "hub", at, 90 + bucket, 200));
+    }
+    let thresholds = HealthThresholds::default();
+    let window = (T0, T0 + 1800 * SECOND);
+    assert_same_view(&t, Level::Workload, None, window, &thresholds);
+    let view = t.graph_view(Level::Workload, None, window.0, window.1, &thresholds);
+    let busy = summary(&view, "workload:shop:frontend", "workload:shop:hub");
+    assert_eq!(busy.latency.unwrap().count, 9000);
 }
