@@ -236,19 +236,22 @@ pub struct Topology {
     /// Open connections already counted from an interim record (see [`Topology::add_flow`]),
     /// by [`ConnectionKey`], with when they were last reported.
     counted_open: HashMap<ConnectionKey, u64>,
+    key_hasher: std::hash::RandomState,
 }
 
-/// One connection as one side's agent reports it: (node, side, source address, start).
-type ConnectionKey = (String, Role, String, u32, u64);
+/// One connection as one side's agent reports it: a hash of (node, side, source address,
+/// start). Hashed, not kept: the map holds no strings per open connection.
+type ConnectionKey = u64;
 
-fn connection_key(flow: &MeshFlow) -> ConnectionKey {
-    (
-        flow.node.clone(),
+fn connection_key(hasher: &std::hash::RandomState, flow: &MeshFlow) -> ConnectionKey {
+    use std::hash::BuildHasher as _;
+    hasher.hash_one((
+        &flow.node,
         flow.side,
-        flow.source.ip.clone(),
+        &flow.source.ip,
         flow.source.port,
         flow.start_ns,
-    )
+    ))
 }
 
 impl Topology {
@@ -263,6 +266,7 @@ impl Topology {
             bytes: 0,
             late_records: 0,
             counted_open: HashMap::new(),
+            key_hasher: std::hash::RandomState::new(),
         }
     }
 
@@ -353,13 +357,19 @@ impl Topology {
         let first_record = if !counting {
             false
         } else if flow.outcome == Outcome::Open {
-            let first = self.counted_open.insert(connection_key(flow), at).is_none();
+            let first = self
+                .counted_open
+                .insert(connection_key(&self.key_hasher, flow), at)
+                .is_none();
             if first {
                 self.bytes += size_of::<(ConnectionKey, u64)>() + MAP_ENTRY_OVERHEAD;
             }
             first
         } else {
-            let counted = self.counted_open.remove(&connection_key(flow)).is_some();
+            let counted = self
+                .counted_open
+                .remove(&connection_key(&self.key_hasher, flow))
+                .is_some();
             if counted {
                 self.bytes -= size_of::<(ConnectionKey, u64)>() + MAP_ENTRY_OVERHEAD;
             }
