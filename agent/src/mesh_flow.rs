@@ -50,6 +50,24 @@ pub struct Peer {
     pub port: u16,
 }
 
+impl Peer {
+    /// A peer named from metadata, or only its address.
+    pub fn named(metadata: &crate::metadata::MeshMetadata, ip: std::net::IpAddr) -> Self {
+        let mut peer = Self {
+            ip: ip.to_string(),
+            ..Self::default()
+        };
+        if let Some(workload) = metadata.workload(ip) {
+            peer.workload = workload.workload.clone();
+            peer.namespace = workload.namespace.clone();
+            peer.service_account = workload.service_account.clone();
+            peer.identity = workload.identity();
+            peer.pod = workload.pod.clone();
+        }
+        peer
+    }
+}
+
 /// One application connection as the mesh carried it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MeshFlowRecord {

@@ -428,7 +428,7 @@ impl RequestTracker {
             ConnectionRole::Client => {
                 let dialled = client_sender.and_then(|s| s.remote).unwrap_or(server);
                 (
-                    peer(metadata, client.ip()),
+                    Peer::named(metadata, client.ip()),
                     destination_peer(metadata, dialled),
                     client,
                     dialled,
@@ -436,10 +436,10 @@ impl RequestTracker {
                 )
             }
             ConnectionRole::Server => {
-                let mut destination = peer(metadata, server.ip());
+                let mut destination = Peer::named(metadata, server.ip());
                 destination.port = server.port();
                 (
-                    peer(metadata, client.ip()),
+                    Peer::named(metadata, client.ip()),
                     destination,
                     server,
                     client,
@@ -496,27 +496,11 @@ fn is_client_by_ports(src: SocketAddr, dst: SocketAddr) -> bool {
     }
 }
 
-/// A peer named from metadata, or only its address.
-fn peer(metadata: &MeshMetadata, ip: std::net::IpAddr) -> Peer {
-    let mut peer = Peer {
-        ip: ip.to_string(),
-        ..Peer::default()
-    };
-    if let Some(workload) = metadata.workload(ip) {
-        peer.workload = workload.workload.clone();
-        peer.namespace = workload.namespace.clone();
-        peer.service_account = workload.service_account.clone();
-        peer.identity = workload.identity();
-        peer.pod = workload.pod.clone();
-    }
-    peer
-}
-
 /// The destination an app dialled: a service VIP names the service (and its workload
 /// when all its endpoints belong to one), a pod IP names the pod.
 fn destination_peer(metadata: &MeshMetadata, dialled: SocketAddr) -> Peer {
     let Some(service) = metadata.service_by_vip(dialled.ip()) else {
-        let mut destination = peer(metadata, dialled.ip());
+        let mut destination = Peer::named(metadata, dialled.ip());
         destination.port = dialled.port();
         return destination;
     };

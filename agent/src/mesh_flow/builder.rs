@@ -326,7 +326,7 @@ impl FlowBuilder {
             start_ns: app.record.start_ns,
             end_ns: app.record.end_ns,
             side: ConnectionRole::Client,
-            source: peer(metadata, app.local.ip()),
+            source: Peer::named(metadata, app.local.ip()),
             original_destination: app.record.remote.clone(),
             destination,
             mtls: path == MeshPath::Hbone,
@@ -357,7 +357,7 @@ impl FlowBuilder {
         Some(self.plain_flow(
             app,
             ConnectionRole::Client,
-            peer(metadata, app.local.ip()),
+            Peer::named(metadata, app.local.ip()),
             destination,
         ))
     }
@@ -408,12 +408,12 @@ impl FlowBuilder {
             if workload.protocol == Protocol::Hbone {
                 return None;
             }
-            let mut destination = peer(metadata, app.local.ip());
+            let mut destination = Peer::named(metadata, app.local.ip());
             destination.port = app.local.port();
             return Some(self.plain_flow(
                 app,
                 ConnectionRole::Server,
-                peer(metadata, app.remote.ip()),
+                Peer::named(metadata, app.remote.ip()),
                 destination,
             ));
         };
@@ -456,13 +456,13 @@ impl FlowBuilder {
                 _ => MeshPath::Hbone,
             },
         };
-        let mut destination = peer(metadata, delivery.remote.ip());
+        let mut destination = Peer::named(metadata, delivery.remote.ip());
         destination.port = delivery.remote.port();
         MeshFlowRecord {
             start_ns: delivery.record.start_ns,
             end_ns: delivery.record.end_ns,
             side: ConnectionRole::Server,
-            source: peer(metadata, source_ip),
+            source: Peer::named(metadata, source_ip),
             original_destination: delivery.record.remote.clone(),
             destination,
             mtls: path == MeshPath::Hbone,
@@ -514,7 +514,7 @@ fn destination_peer(metadata: &MeshMetadata, dialled: SocketAddr, reached: Optio
         Some([only]) => only.ips.first().copied().unwrap_or(dialled.ip()),
         _ => dialled.ip(),
     });
-    let mut destination = peer(metadata, ip);
+    let mut destination = Peer::named(metadata, ip);
     destination.port = service
         .and_then(|s| s.ports.get(&dialled.port()).copied())
         .unwrap_or(dialled.port());
@@ -525,20 +525,4 @@ fn destination_peer(metadata: &MeshMetadata, dialled: SocketAddr, reached: Optio
         }
     }
     destination
-}
-
-/// A peer named from metadata, or only its address.
-fn peer(metadata: &MeshMetadata, ip: IpAddr) -> Peer {
-    let mut peer = Peer {
-        ip: ip.to_string(),
-        ..Peer::default()
-    };
-    if let Some(workload) = metadata.workload(ip) {
-        peer.workload = workload.workload.clone();
-        peer.namespace = workload.namespace.clone();
-        peer.service_account = workload.service_account.clone();
-        peer.identity = workload.identity();
-        peer.pod = workload.pod.clone();
-    }
-    peer
 }
