@@ -39,11 +39,75 @@ const SKEW_NS: u64 = 50_000_000;
 const MAX_LEAD_NS: u64 = 10_000_000_000;
 /// Longest server span searched for when nesting an outbound call.
 const MAX_NESTING_NS: u64 = 300_000_000_000;
-/// Rough bytes per index entry (hash map slot + vector element).
+/// Rough bytes per index entry (a B-tree element and its share of the node).
 const INDEX_ENTRY_BYTES: usize = 40;
 
-/// (start_ns, key), sorted by start in every index.
-type Entries = Vec<(u64, u64)>;
+/// Entries (start_ns, store key) under many lookup hashes, each hash's entries in start
+/// order: one B-tree of (hash, start, key). Records arriving in any order cost a
+/// logarithmic insert, and a hash with a million entries (a busy socket, a busy call) costs
+/// no more to add to than one with a single entry.
+#[derive(Debug, Default)]
+struct TimeIndex(BTreeSet<(u64, u64, u64)>);
+
+impl TimeIndex {
+    fn insert(&mut self, hash: u64, (start_ns, key): (u64, u64)) {
+        self.0.insert((hash, start_ns, key));
+    }
+
+    fn remove(&mut self, hash: u64, (start_ns, key): (u64, u64)) {
+        self.0.remove(&(hash, start_ns, key));
+    }
+
+    /// Entries under `hash` starting in `[from_ns, to_ns)`, by (start, key).
+    fn range(
+        &self,
+        hash: u64,
+        from_ns: u64,
+        to_ns: u64,
+    ) -> impl DoubleEndedIterator<Item = (u64, u64)> + '_ {
+        (from_ns < to_ns)
+            .then(|| self.0.range((hash, from_ns, 0)..(hash, to_ns, 0)))
+            .into_iter()
+            .flatten()
+            .map(|&(_, start_ns, key)| (start_ns, key))
+    }
+
+    /// The entry under `hash` starting in `range` that `matches`, nearest in start time
+    /// to `at_ns`, ties to the lower key. It looks outwards from `at_ns`, so a busy call
+    /// (thousands of entries in the range) costs a few lookups, not thousands.
+    fn nearest(
+        &self,
+        hash: u64,
+        range: std::ops::Range<u64>,
+        at_ns: u64,
+        matches: impl Fn(u64) -> bool,
+    ) -> Option<(u64, u64)> {
+        let at_ns = at_ns.clamp(range.start, range.end);
+        // At or after `at_ns`, ascending (start, key): the first match is the best.
+        let after = self.range(hash, at_ns, range.end).find(|e| matches(e.1));
+        // Before `at_ns`, read backwards: the first match has the nearest start, but one
+        // with the same start and a lower key may precede it.
+        let before = self
+            .range(hash, range.start, at_ns)
+            .rev()
+            .find(|e| matches(e.1))
+            .and_then(|found| {
+                self.range(hash, found.0, found.0 + 1)
+                    .find(|e| matches(e.1))
+            });
+        [before, after]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&(start, k)| (at_ns.abs_diff(start), k))
+    }
+}
+
+/// Whether [`TraceStore::index_request`] adds a request's index entries or removes them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Indexing {
+    Add,
+    Remove,
+}
 
 #[derive(Debug, Default)]
 pub struct TraceStore {
@@ -51,24 +115,24 @@ pub struct TraceStore {
     requests: HashMap<u64, Request>,
     by_start: BTreeSet<(u64, u64)>,
     /// hash(trace_id, span_id) of requests carrying traceparent.
-    by_header: HashMap<u64, Entries>,
+    by_header: TimeIndex,
     /// hash(trace_id).
-    by_trace: HashMap<u64, Entries>,
+    by_trace: TimeIndex,
     /// hash(source ip, destination, method, path) → client / server spans.
-    clients_by_call: HashMap<u64, Entries>,
-    servers_by_call: HashMap<u64, Entries>,
+    clients_by_call: TimeIndex,
+    servers_by_call: TimeIndex,
     /// hash(node, local address) → client spans of one socket (one connection at a time).
-    clients_by_socket: HashMap<u64, Entries>,
+    clients_by_socket: TimeIndex,
     /// hash(node, pid) → client / server spans of one process.
-    clients_by_process: HashMap<u64, Entries>,
-    servers_by_process: HashMap<u64, Entries>,
+    clients_by_process: TimeIndex,
+    servers_by_process: TimeIndex,
     flows: HashMap<u64, MeshFlow>,
     /// hash(node, source ip, original destination, start) → flow key (interim records
     /// of the same flow replace each other).
     flow_ids: HashMap<u64, u64>,
     flows_by_start: BTreeSet<(u64, u64)>,
     /// hash(source ip, original destination) → client-side HBONE flows.
-    flows_by_path: HashMap<u64, Entries>,
+    flows_by_path: TimeIndex,
     /// Spans not yet exported over OTLP; `None` unless export is on.
     export: Option<export::PendingExport>,
     bytes: usize,
@@ -127,34 +191,47 @@ impl TraceStore {
             pending.insert(key, arrived_ns);
             self.bytes += export::PENDING_ENTRY_BYTES;
         }
+        let entries = self.index_request(&request, key, Indexing::Add);
+        self.bytes += size_of::<Request>() + request.heap_bytes() + entries * INDEX_ENTRY_BYTES;
+        self.requests.insert(key, request);
+    }
+
+    /// Adds (or removes) the entries of request `key` in every index that finds it;
+    /// returns how many. Adding and evicting both come here, so they cannot disagree.
+    fn index_request(&mut self, request: &Request, key: u64, indexing: Indexing) -> usize {
         let entry = (request.start_ns, key);
-        let mut indexes = 0;
+        let apply = |index: &mut TimeIndex, hash: u64| match indexing {
+            Indexing::Add => index.insert(hash, entry),
+            Indexing::Remove => index.remove(hash, entry),
+        };
+        let mut entries = 1;
         if let (Some(t), Some(s)) = (&request.trace_id, &request.span_id) {
-            let h = self.hash((t, s));
-            insert(self.by_header.entry(h).or_default(), entry);
-            let h = self.hash(t);
-            insert(self.by_trace.entry(h).or_default(), entry);
-            indexes += 2;
+            let (header, trace) = (self.hash((t, s)), self.hash(t));
+            apply(&mut self.by_header, header);
+            apply(&mut self.by_trace, trace);
+            entries += 2;
         }
-        let call = self.call_key(&request);
-        let process = self.process_key(&request);
+        let call = self.call_key(request);
+        let process = self.process_key(request);
         match request.side {
             Role::Client => {
-                insert(self.clients_by_call.entry(call).or_default(), entry);
-                insert(self.clients_by_process.entry(process).or_default(), entry);
                 let socket = self.hash((&request.node, &request.local));
-                insert(self.clients_by_socket.entry(socket).or_default(), entry);
+                apply(&mut self.clients_by_call, call);
+                apply(&mut self.clients_by_process, process);
+                apply(&mut self.clients_by_socket, socket);
+                entries += 3;
             }
             Role::Server => {
-                insert(self.servers_by_call.entry(call).or_default(), entry);
-                insert(self.servers_by_process.entry(process).or_default(), entry);
+                apply(&mut self.servers_by_call, call);
+                apply(&mut self.servers_by_process, process);
+                entries += 2;
             }
         }
-        self.by_start.insert(entry);
-        self.bytes += size_of::<Request>()
-            + request.heap_bytes()
-            + (indexes + request_index_entries(&request)) * INDEX_ENTRY_BYTES;
-        self.requests.insert(key, request);
+        match indexing {
+            Indexing::Add => self.by_start.insert(entry),
+            Indexing::Remove => self.by_start.remove(&entry),
+        };
+        entries
     }
 
     /// Keeps client-side HBONE flows: they become tunnel spans.
@@ -162,12 +239,7 @@ impl TraceStore {
         if flow.side != Role::Client || flow.path != MeshPath::Hbone {
             return;
         }
-        let id = self.hash((
-            &flow.node,
-            &flow.source.ip,
-            &flow.original_destination,
-            flow.start_ns,
-        ));
+        let id = self.flow_id(flow);
         if let Some(&key) = self.flow_ids.get(&id) {
             // A later record of the same flow: keep the newest state.
             if let Some(old) = self.flows.insert(key, flow.clone()) {
@@ -178,31 +250,37 @@ impl TraceStore {
         }
         let key = self.next_key;
         self.next_key += 1;
-        let path = self.hash((&flow.source.ip, &flow.original_destination));
-        insert(
-            self.flows_by_path.entry(path).or_default(),
-            (flow.start_ns, key),
-        );
+        let path = self.flow_path(flow);
+        self.flows_by_path.insert(path, (flow.start_ns, key));
         self.flows_by_start.insert((flow.start_ns, key));
         self.flow_ids.insert(id, key);
         self.bytes += flow_bytes(flow) + 3 * INDEX_ENTRY_BYTES;
         self.flows.insert(key, flow.clone());
     }
 
+    /// The same flow in every record of it, interim or final.
+    fn flow_id(&self, flow: &MeshFlow) -> u64 {
+        self.hash((
+            &flow.node,
+            &flow.source.ip,
+            &flow.original_destination,
+            flow.start_ns,
+        ))
+    }
+
+    fn flow_path(&self, flow: &MeshFlow) -> u64 {
+        self.hash((&flow.source.ip, &flow.original_destination))
+    }
+
     /// Drops spans and flows that started before `t_ns`; returns the bytes freed.
     pub fn evict_before(&mut self, t_ns: u64) -> usize {
         let before = self.bytes;
-        let keep = self.by_start.split_off(&(t_ns, 0));
-        for (_, key) in std::mem::replace(&mut self.by_start, keep) {
+        let old: Vec<u64> = self.by_start.range(..(t_ns, 0)).map(|e| e.1).collect();
+        for key in old {
             if let Some(request) = self.requests.remove(&key) {
-                let headers = if request.trace_id.is_some() && request.span_id.is_some() {
-                    2
-                } else {
-                    0
-                };
-                self.bytes -= size_of::<Request>()
-                    + request.heap_bytes()
-                    + (headers + request_index_entries(&request)) * INDEX_ENTRY_BYTES;
+                let entries = self.index_request(&request, key, Indexing::Remove);
+                self.bytes -=
+                    size_of::<Request>() + request.heap_bytes() + entries * INDEX_ENTRY_BYTES;
             }
             if let Some(pending) = &mut self.export
                 && pending.remove(key)
@@ -212,26 +290,13 @@ impl TraceStore {
             }
         }
         let keep = self.flows_by_start.split_off(&(t_ns, 0));
-        for (_, key) in std::mem::replace(&mut self.flows_by_start, keep) {
+        for (start_ns, key) in std::mem::replace(&mut self.flows_by_start, keep) {
             if let Some(flow) = self.flows.remove(&key) {
+                let path = self.flow_path(&flow);
+                self.flows_by_path.remove(path, (start_ns, key));
+                self.flow_ids.remove(&self.flow_id(&flow));
                 self.bytes -= flow_bytes(&flow) + 3 * INDEX_ENTRY_BYTES;
             }
-        }
-        self.flow_ids.retain(|_, key| self.flows.contains_key(key));
-        for index in [
-            &mut self.by_header,
-            &mut self.by_trace,
-            &mut self.clients_by_call,
-            &mut self.servers_by_call,
-            &mut self.clients_by_process,
-            &mut self.servers_by_process,
-            &mut self.clients_by_socket,
-            &mut self.flows_by_path,
-        ] {
-            index.retain(|_, entries| {
-                entries.drain(..entries.partition_point(|e| e.0 < t_ns));
-                !entries.is_empty()
-            });
         }
         before - self.bytes
     }
@@ -253,7 +318,8 @@ impl TraceStore {
     fn server_parent(&self, server: &Request) -> Option<u64> {
         if let (Some(t), Some(s)) = (&server.trace_id, &server.span_id) {
             let found = self
-                .candidates(&self.by_header, self.hash((t, s)), 0, u64::MAX)
+                .by_header
+                .range(self.hash((t, s)), 0, u64::MAX)
                 .filter(|&(_, k)| {
                     self.requests.get(&k).is_some_and(|c| {
                         c.side == Role::Client
@@ -267,21 +333,18 @@ impl TraceStore {
             }
         }
         let from = server.start_ns.saturating_sub(MAX_LEAD_NS);
-        let clients = self
-            .clients_by_call
-            .get(&self.call_key(server))
-            .map_or(&[][..], Vec::as_slice);
-        nearest(
-            clients,
-            from..server.start_ns + SKEW_NS,
-            server.start_ns,
-            |k| {
-                self.requests
-                    .get(&k)
-                    .is_some_and(|c| is_same_call(c, server))
-            },
-        )
-        .map(|(_, k)| k)
+        self.clients_by_call
+            .nearest(
+                self.call_key(server),
+                from..server.start_ns + SKEW_NS,
+                server.start_ns,
+                |k| {
+                    self.requests
+                        .get(&k)
+                        .is_some_and(|c| is_same_call(c, server))
+                },
+            )
+            .map(|(_, k)| k)
     }
 
     /// The innermost server span of the same process in flight around the call.
@@ -290,25 +353,21 @@ impl TraceStore {
             return None;
         }
         let from = client.start_ns.saturating_sub(MAX_NESTING_NS);
-        self.candidates(
-            &self.servers_by_process,
-            self.process_key(client),
-            from,
-            client.start_ns,
-        )
-        // Newest first: the first span that contains the call is the innermost, and a
-        // busy process has many older server spans that need not be looked at.
-        .rev()
-        .find(|&(_, k)| {
-            k != key
-                && self.requests.get(&k).is_some_and(|s| {
-                    s.node == client.node
-                        && s.pid == client.pid
-                        && s.end_ns >= client.end_ns
-                        && compatible_traces(s, client)
-                })
-        })
-        .map(|(_, k)| k)
+        self.servers_by_process
+            .range(self.process_key(client), from, client.start_ns)
+            // Newest first: the first span that contains the call is the innermost, and a
+            // busy process has many older server spans that need not be looked at.
+            .rev()
+            .find(|&(_, k)| {
+                k != key
+                    && self.requests.get(&k).is_some_and(|s| {
+                        s.node == client.node
+                            && s.pid == client.pid
+                            && s.end_ns >= client.end_ns
+                            && compatible_traces(s, client)
+                    })
+            })
+            .map(|(_, k)| k)
     }
 
     /// Spans whose parent is `key`.
@@ -319,8 +378,8 @@ impl TraceStore {
         let mut candidates: Vec<u64> = match span.side {
             Role::Client => {
                 let mut c: Vec<u64> = self
-                    .candidates(
-                        &self.servers_by_call,
+                    .servers_by_call
+                    .range(
                         self.call_key(span),
                         span.start_ns.saturating_sub(SKEW_NS),
                         span.end_ns + SKEW_NS,
@@ -336,19 +395,16 @@ impl TraceStore {
                     .collect();
                 if let (Some(t), Some(s)) = (&span.trace_id, &span.span_id) {
                     c.extend(
-                        self.candidates(&self.by_header, self.hash((t, s)), 0, u64::MAX)
+                        self.by_header
+                            .range(self.hash((t, s)), 0, u64::MAX)
                             .map(|e| e.1),
                     );
                 }
                 c
             }
             Role::Server => self
-                .candidates(
-                    &self.clients_by_process,
-                    self.process_key(span),
-                    span.start_ns,
-                    span.end_ns + 1,
-                )
+                .clients_by_process
+                .range(self.process_key(span), span.start_ns, span.end_ns + 1)
                 .map(|e| e.1)
                 .collect(),
         };
@@ -372,7 +428,8 @@ impl TraceStore {
     /// The HBONE flow that carried a client span's call.
     pub fn tunnel(&self, client: &Request) -> Option<&MeshFlow> {
         let path = self.hash((&client.source.ip, &client.remote));
-        self.candidates(&self.flows_by_path, path, 0, client.start_ns + SKEW_NS)
+        self.flows_by_path
+            .range(path, 0, client.start_ns + SKEW_NS)
             .rev()
             .filter_map(|(_, k)| self.flows.get(&k))
             .find(|f| {
@@ -387,28 +444,16 @@ impl TraceStore {
     /// and it. That call waited for the tunnel to be set up; later ones did not.
     pub fn first_on_connection(&self, key: u64, client: &Request, flow: &MeshFlow) -> bool {
         let socket = self.hash((&client.node, &client.local));
-        self.candidates(&self.clients_by_socket, socket, flow.start_ns, u64::MAX)
+        self.clients_by_socket
+            .range(socket, flow.start_ns, u64::MAX)
             .next()
             .is_none_or(|(_, first)| first == key)
     }
 
-    /// Entries of `index[hash]` starting in `[from_ns, to_ns)`.
-    fn candidates<'a>(
-        &'a self,
-        index: &'a HashMap<u64, Entries>,
-        hash: u64,
-        from_ns: u64,
-        to_ns: u64,
-    ) -> impl DoubleEndedIterator<Item = (u64, u64)> + 'a {
-        let entries = index.get(&hash).map_or(&[][..], Vec::as_slice);
-        let lo = entries.partition_point(|e| e.0 < from_ns);
-        let hi = entries.partition_point(|e| e.0 < to_ns);
-        entries[lo..hi.max(lo)].iter().copied()
-    }
-
     /// Request keys carrying `trace_id` in their traceparent.
     fn with_trace_id(&self, trace_id: &str) -> Vec<u64> {
-        self.candidates(&self.by_trace, self.hash(trace_id), 0, u64::MAX)
+        self.by_trace
+            .range(self.hash(trace_id), 0, u64::MAX)
             .map(|e| e.1)
             .filter(|k| {
                 self.requests
@@ -417,55 +462,6 @@ impl TraceStore {
             })
             .collect()
     }
-}
-
-/// The entry of `entries` (sorted) starting in `range` that `matches`, nearest in start
-/// time to `at_ns`, ties to the lower key. It looks outwards from `at_ns`, so a busy call
-/// (thousands of entries in the range) costs a few lookups, not thousands.
-fn nearest(
-    entries: &[(u64, u64)],
-    range: std::ops::Range<u64>,
-    at_ns: u64,
-    matches: impl Fn(u64) -> bool,
-) -> Option<(u64, u64)> {
-    let lo = entries.partition_point(|e| e.0 < range.start);
-    let hi = entries.partition_point(|e| e.0 < range.end).max(lo);
-    let window = &entries[lo..hi];
-    let mid = window.partition_point(|e| e.0 < at_ns);
-    // At or after `at_ns`, ascending (start, key): the first match is the best.
-    let after = window[mid..].iter().find(|e| matches(e.1)).copied();
-    // Before `at_ns`, read backwards: the first match has the nearest start, but one with
-    // the same start and a lower key may come after it.
-    let before = window[..mid]
-        .iter()
-        .rev()
-        .find(|e| matches(e.1))
-        .and_then(|found| {
-            let same_start = window[..mid].partition_point(|e| e.0 < found.0);
-            window[same_start..mid]
-                .iter()
-                .find(|e| matches(e.1))
-                .copied()
-        });
-    [before, after]
-        .into_iter()
-        .flatten()
-        .min_by_key(|&(start, k)| (at_ns.abs_diff(start), k))
-}
-
-/// Sorted insert; records mostly arrive in time order, so this is usually a push.
-/// Index entries every request has besides the traceparent ones: by start, by call, by
-/// process, and (client spans) by socket.
-fn request_index_entries(request: &Request) -> usize {
-    match request.side {
-        Role::Client => 4,
-        Role::Server => 3,
-    }
-}
-
-fn insert(entries: &mut Entries, entry: (u64, u64)) {
-    let at = entries.partition_point(|e| *e < entry);
-    entries.insert(at, entry);
 }
 
 fn flow_bytes(flow: &MeshFlow) -> usize {

@@ -158,8 +158,31 @@ fn eviction_forgets_old_spans_and_their_bytes() {
         "the two spans of the payments call remain"
     );
     assert_eq!(store.bytes(), bytes - freed);
+    // checkout → payments: the client span by start, call, process and socket; the server
+    // span by start, call and process. The tunnel (started before T0) is gone.
+    assert_eq!(index_entries(&store), (7, 0));
     store.evict_before(u64::MAX);
     assert_eq!((store.span_count(), store.bytes()), (0, 0));
+    assert_eq!(index_entries(&store), (0, 0));
+}
+
+/// Entries left in the span indexes and the flow indexes.
+fn index_entries(store: &TraceStore) -> (usize, usize) {
+    let spans = [
+        &store.by_header,
+        &store.by_trace,
+        &store.clients_by_call,
+        &store.servers_by_call,
+        &store.clients_by_socket,
+        &store.clients_by_process,
+        &store.servers_by_process,
+    ]
+    .iter()
+    .map(|index| index.0.len())
+    .sum::<usize>()
+        + store.by_start.len();
+    let flows = store.flows_by_path.0.len() + store.flows_by_start.len() + store.flow_ids.len();
+    (spans, flows)
 }
 
 #[test]
@@ -304,8 +327,15 @@ fn nearest_finds_what_a_full_scan_finds() {
         seed ^= seed << 17;
         seed % n
     };
-    let mut entries: Vec<(u64, u64)> = (0..300).map(|k| (next(100), k)).collect();
-    entries.sort_unstable();
+    let entries: Vec<(u64, u64)> = (0..300).map(|k| (next(100), k)).collect();
+    // The entries under hash 7, inserted unsorted, between neighbours under 6 and 8 that
+    // must never be returned.
+    let mut index = TimeIndex::default();
+    for &entry in &entries {
+        index.insert(7, entry);
+        index.insert(6, entry);
+        index.insert(8, (entry.0, entry.1 + 1000));
+    }
     for _ in 0..500 {
         let (a, b) = (next(110), next(110));
         let range = a.min(b)..a.max(b);
@@ -318,7 +348,7 @@ fn nearest_finds_what_a_full_scan_finds() {
             .filter(|&(start, k)| range.contains(&start) && matches(k))
             .min_by_key(|&(start, k)| (at.abs_diff(start), k));
         assert_eq!(
-            nearest(&entries, range.clone(), at, matches),
+            index.nearest(7, range.clone(), at, matches),
             full,
             "{range:?} at {at}"
         );
