@@ -4,6 +4,7 @@
 //! workload, with and without traceparent. Measured: ingest with and without holding
 //! spans for export, `take_settled` (runs under the store lock once a second), and
 //! mapping + protobuf encoding (outside the lock).
+use std::sync::Arc;
 use std::time::Instant;
 
 use nephilia_graph_server::config::HealthThresholds;
@@ -163,6 +164,7 @@ fn run(traceparent: bool) {
     if !traceparent {
         for record in &mut records {
             if let Record::Request(r) = record {
+                let r = Arc::make_mut(r);
                 r.trace_id = None;
                 r.span_id = None;
             }

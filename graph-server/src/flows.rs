@@ -150,22 +150,18 @@ mod tests {
     #[test]
     fn keeps_the_newest_and_filters() {
         let mut recent = RecentRecords::new(3);
-        recent.push(Record::Request(request(
-            "frontend", "checkout", T0, 100, 200,
-        )));
+        recent.push(Record::Request(
+            request("frontend", "checkout", T0, 100, 200).into(),
+        ));
         recent.push(Record::MeshFlow(flow(
             "checkout",
             "payments",
             T0 + SECOND,
             Outcome::Refused,
         )));
-        recent.push(Record::Request(request(
-            "frontend",
-            "checkout",
-            T0 + 2 * SECOND,
-            100,
-            503,
-        )));
+        recent.push(Record::Request(
+            request("frontend", "checkout", T0 + 2 * SECOND, 100, 503).into(),
+        ));
         recent.push(Record::MeshFlow(flow(
             "frontend",
             "checkout",

@@ -1,6 +1,8 @@
 //! The records agents report, as the server keeps them: validated copies of the protobuf
 //! messages with the field names of the agent's JSON (README.md, "Records"), serialised as
 //! the API returns them.
+use std::sync::Arc;
+
 use nephilia_proto::v1;
 use serde::Serialize;
 
@@ -202,13 +204,14 @@ impl Request {
     }
 }
 
-/// Any record, tagged with `kind` in JSON as in `nephilia-agent observe`.
+/// Any record, tagged with `kind` in JSON as in `nephilia-agent observe`. A request is
+/// shared, not copied, between the trace store and the recent records.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     Connection(Connection),
     MeshFlow(MeshFlow),
-    Request(Request),
+    Request(Arc<Request>),
 }
 
 impl Record {
@@ -234,7 +237,7 @@ impl Record {
         let heap = match self {
             Self::Connection(c) => c.heap_bytes(),
             Self::MeshFlow(f) => f.heap_bytes(),
-            Self::Request(r) => r.heap_bytes(),
+            Self::Request(r) => size_of::<Request>() + r.heap_bytes(),
         };
         size_of::<Self>() + heap
     }
@@ -295,7 +298,9 @@ impl TryFrom<v1::Record> for Record {
         match record.kind.ok_or(RecordError::MissingKind)? {
             v1::record::Kind::Connection(c) => Connection::try_from(c).map(Self::Connection),
             v1::record::Kind::MeshFlow(f) => MeshFlow::try_from(f).map(Self::MeshFlow),
-            v1::record::Kind::Request(r) => Request::try_from(r).map(Self::Request),
+            v1::record::Kind::Request(r) => {
+                Request::try_from(r).map(|r| Self::Request(Arc::new(r)))
+            }
         }
     }
 }

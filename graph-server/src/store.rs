@@ -1,6 +1,7 @@
 //! Everything the server knows, behind one lock: topology, outages, traces, recent
 //! records and agent status, with retention and the memory bound applied in one place.
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use nephilia_proto::v1;
 use serde::Serialize;
@@ -108,7 +109,7 @@ impl Store {
                 Record::Request(request) => {
                     self.counters.requests += 1;
                     self.topology.add_request(request);
-                    self.traces.add_request(request.clone(), now_ns);
+                    self.traces.add_request(Arc::clone(request), now_ns);
                 }
             }
             self.flows.push(record);
@@ -215,7 +216,13 @@ mod tests {
         let batch = |at: u64| -> Vec<Record> {
             (0..50)
                 .map(|i| {
-                    Record::Request(request("frontend", "checkout", at + i * 1000, 100 + i, 200))
+                    Record::Request(Arc::new(request(
+                        "frontend",
+                        "checkout",
+                        at + i * 1000,
+                        100 + i,
+                        200,
+                    )))
                 })
                 .collect()
         };

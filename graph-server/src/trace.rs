@@ -24,6 +24,7 @@
 //! leave for an OTLP collector.
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
 
 use crate::record::{MeshFlow, MeshPath, Request, Role};
 
@@ -112,7 +113,7 @@ enum Indexing {
 #[derive(Debug, Default)]
 pub struct TraceStore {
     next_key: u64,
-    requests: HashMap<u64, Request>,
+    requests: HashMap<u64, Arc<Request>>,
     by_start: BTreeSet<(u64, u64)>,
     /// hash(trace_id, span_id) of requests carrying traceparent.
     by_header: TimeIndex,
@@ -184,7 +185,8 @@ impl TraceStore {
 
     /// Adds a request record that reached the server at `arrived_ns` (the server's clock;
     /// OTLP export waits for traces to be quiet by this time, not by the nodes' clocks).
-    pub fn add_request(&mut self, request: Request, arrived_ns: u64) {
+    pub fn add_request(&mut self, request: impl Into<Arc<Request>>, arrived_ns: u64) {
+        let request = request.into();
         let key = self.next_key;
         self.next_key += 1;
         if let Some(pending) = &mut self.export {
@@ -302,7 +304,7 @@ impl TraceStore {
     }
 
     pub fn request(&self, key: u64) -> Option<&Request> {
-        self.requests.get(&key)
+        self.requests.get(&key).map(Arc::as_ref)
     }
 
     /// The span `key` hangs under, if any.

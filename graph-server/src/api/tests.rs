@@ -27,8 +27,8 @@ fn state(token: Option<&str>) -> Arc<AppState> {
             2_000,
             if i == 9 { 503 } else { 200 },
         );
-        records.push(Record::Request(server_side(&client, 7)));
-        records.push(Record::Request(client));
+        records.push(Record::Request(server_side(&client, 7).into()));
+        records.push(Record::Request(client.into()));
     }
     for i in 0..5 {
         let outcome = if i == 0 {

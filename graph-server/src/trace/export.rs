@@ -18,6 +18,7 @@
 //! never goes quiet (a `traceparent` reused for ever) leaves anyway once its oldest held
 //! span has waited [`HOLD_FACTOR`] × `quiet_ns`.
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::TraceStore;
 use super::view::{Origin, SpanView};
@@ -69,7 +70,7 @@ pub struct ExportSpan {
 #[derive(Debug, Clone)]
 pub enum SpanRecord {
     /// A client or server span: the request record of that side.
-    Request(Request),
+    Request(Arc<Request>),
     /// A tunnel span: the client-side HBONE flow that carried the call (its times are
     /// the client span's).
     Tunnel(MeshFlow),
@@ -144,7 +145,7 @@ impl TraceStore {
                 let record = match origin {
                     Origin::Request(k) => {
                         left.push(k);
-                        SpanRecord::Request(request.clone())
+                        SpanRecord::Request(Arc::clone(request))
                     }
                     // The walk made this span from the flow `tunnel` finds.
                     Origin::Tunnel(_) => match self.tunnel(request) {

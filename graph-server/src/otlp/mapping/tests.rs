@@ -1,4 +1,6 @@
 use super::*;
+use std::sync::Arc;
+
 use crate::fixture::{MS, SECOND, T0, flow, request, server_side};
 use crate::trace::TraceStore;
 
@@ -273,7 +275,7 @@ fn failed_flows_and_5xx_are_errors_and_bad_ids_are_refused() {
     let SpanRecord::Request(front) = &mut exported[0].record else {
         panic!("the first span is frontend's request");
     };
-    front.status = Some(503);
+    Arc::make_mut(front).status = Some(503);
     let status = span(&exported[0]).unwrap().span.status.unwrap();
     assert_eq!(
         (status.code, status.message.as_str()),
