@@ -153,21 +153,15 @@ mod tests {
         recent.push(Record::Request(
             request("frontend", "checkout", T0, 100, 200).into(),
         ));
-        recent.push(Record::MeshFlow(flow(
-            "checkout",
-            "payments",
-            T0 + SECOND,
-            Outcome::Refused,
-        )));
+        recent.push(Record::MeshFlow(
+            flow("checkout", "payments", T0 + SECOND, Outcome::Refused).into(),
+        ));
         recent.push(Record::Request(
             request("frontend", "checkout", T0 + 2 * SECOND, 100, 503).into(),
         ));
-        recent.push(Record::MeshFlow(flow(
-            "frontend",
-            "checkout",
-            T0 + 3 * SECOND,
-            Outcome::Closed,
-        )));
+        recent.push(Record::MeshFlow(
+            flow("frontend", "checkout", T0 + 3 * SECOND, Outcome::Closed).into(),
+        ));
         assert_eq!(recent.len(), 3);
         let all = FlowFilter {
             until_ns: u64::MAX,

@@ -204,13 +204,13 @@ impl Request {
     }
 }
 
-/// Any record, tagged with `kind` in JSON as in `nephilia-agent observe`. A request is
-/// shared, not copied, between the trace store and the recent records.
+/// Any record, tagged with `kind` in JSON as in `nephilia-agent observe`. Requests and
+/// mesh flows are shared, not copied, between the trace store and the recent records.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
     Connection(Connection),
-    MeshFlow(MeshFlow),
+    MeshFlow(Arc<MeshFlow>),
     Request(Arc<Request>),
 }
 
@@ -236,7 +236,7 @@ impl Record {
     pub fn estimated_bytes(&self) -> usize {
         let heap = match self {
             Self::Connection(c) => c.heap_bytes(),
-            Self::MeshFlow(f) => f.heap_bytes(),
+            Self::MeshFlow(f) => size_of::<MeshFlow>() + f.heap_bytes(),
             Self::Request(r) => size_of::<Request>() + r.heap_bytes(),
         };
         size_of::<Self>() + heap
@@ -297,7 +297,9 @@ impl TryFrom<v1::Record> for Record {
     fn try_from(record: v1::Record) -> Result<Self> {
         match record.kind.ok_or(RecordError::MissingKind)? {
             v1::record::Kind::Connection(c) => Connection::try_from(c).map(Self::Connection),
-            v1::record::Kind::MeshFlow(f) => MeshFlow::try_from(f).map(Self::MeshFlow),
+            v1::record::Kind::MeshFlow(f) => {
+                MeshFlow::try_from(f).map(|f| Self::MeshFlow(Arc::new(f)))
+            }
             v1::record::Kind::Request(r) => {
                 Request::try_from(r).map(|r| Self::Request(Arc::new(r)))
             }

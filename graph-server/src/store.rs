@@ -104,7 +104,7 @@ impl Store {
                 Record::MeshFlow(flow) => {
                     self.counters.mesh_flows += 1;
                     self.topology.add_flow(flow, now_ns);
-                    self.traces.add_flow(flow);
+                    self.traces.add_flow(Arc::clone(flow));
                 }
                 Record::Request(request) => {
                     self.counters.requests += 1;

@@ -127,7 +127,7 @@ pub struct TraceStore {
     /// hash(node, pid) → client / server spans of one process.
     clients_by_process: TimeIndex,
     servers_by_process: TimeIndex,
-    flows: HashMap<u64, MeshFlow>,
+    flows: HashMap<u64, Arc<MeshFlow>>,
     /// hash(node, source ip, original destination, start) → flow key (interim records
     /// of the same flow replace each other).
     flow_ids: HashMap<u64, u64>,
@@ -237,27 +237,28 @@ impl TraceStore {
     }
 
     /// Keeps client-side HBONE flows: they become tunnel spans.
-    pub fn add_flow(&mut self, flow: &MeshFlow) {
+    pub fn add_flow(&mut self, flow: impl Into<Arc<MeshFlow>>) {
+        let flow = flow.into();
         if flow.side != Role::Client || flow.path != MeshPath::Hbone {
             return;
         }
-        let id = self.flow_id(flow);
+        let id = self.flow_id(&flow);
         if let Some(&key) = self.flow_ids.get(&id) {
             // A later record of the same flow: keep the newest state.
-            if let Some(old) = self.flows.insert(key, flow.clone()) {
+            self.bytes += flow_bytes(&flow);
+            if let Some(old) = self.flows.insert(key, flow) {
                 self.bytes -= flow_bytes(&old);
-                self.bytes += flow_bytes(flow);
             }
             return;
         }
         let key = self.next_key;
         self.next_key += 1;
-        let path = self.flow_path(flow);
+        let path = self.flow_path(&flow);
         self.flows_by_path.insert(path, (flow.start_ns, key));
         self.flows_by_start.insert((flow.start_ns, key));
         self.flow_ids.insert(id, key);
-        self.bytes += flow_bytes(flow) + 3 * INDEX_ENTRY_BYTES;
-        self.flows.insert(key, flow.clone());
+        self.bytes += flow_bytes(&flow) + 3 * INDEX_ENTRY_BYTES;
+        self.flows.insert(key, flow);
     }
 
     /// The same flow in every record of it, interim or final.
@@ -428,7 +429,7 @@ impl TraceStore {
     }
 
     /// The HBONE flow that carried a client span's call.
-    pub fn tunnel(&self, client: &Request) -> Option<&MeshFlow> {
+    pub fn tunnel(&self, client: &Request) -> Option<&Arc<MeshFlow>> {
         let path = self.hash((&client.source.ip, &client.remote));
         self.flows_by_path
             .range(path, 0, client.start_ns + SKEW_NS)

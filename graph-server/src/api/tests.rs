@@ -36,12 +36,9 @@ fn state(token: Option<&str>) -> Arc<AppState> {
         } else {
             Outcome::Refused
         };
-        records.push(Record::MeshFlow(flow(
-            "checkout",
-            "payments",
-            T0 + (i + 1) * SECOND,
-            outcome,
-        )));
+        records.push(Record::MeshFlow(
+            flow("checkout", "payments", T0 + (i + 1) * SECOND, outcome).into(),
+        ));
     }
     store.ingest("node-a", records, T0 + 9 * SECOND);
     Arc::new(AppState::new(

@@ -73,7 +73,7 @@ pub enum SpanRecord {
     Request(Arc<Request>),
     /// A tunnel span: the client-side HBONE flow that carried the call (its times are
     /// the client span's).
-    Tunnel(MeshFlow),
+    Tunnel(Arc<MeshFlow>),
 }
 
 impl TraceStore {
@@ -149,7 +149,7 @@ impl TraceStore {
                     }
                     // The walk made this span from the flow `tunnel` finds.
                     Origin::Tunnel(_) => match self.tunnel(request) {
-                        Some(flow) => SpanRecord::Tunnel(flow.clone()),
+                        Some(flow) => SpanRecord::Tunnel(Arc::clone(flow)),
                         None => continue,
                     },
                 };

@@ -21,7 +21,7 @@ fn fan_out(store: &mut TraceStore) -> (Request, Request, Request, Request) {
     let mut tunnel = flow("frontend", "checkout", T0 + 20 * MS, Outcome::Closed);
     tunnel.start_ns = T0 - MS;
     tunnel.tunnel_setup_us = Some(900);
-    store.add_flow(&tunnel);
+    store.add_flow(tunnel.clone());
     (front, checkout_in, checkout_out, payments_in)
 }
 
@@ -193,7 +193,7 @@ fn only_the_first_call_on_a_connection_waits_for_the_tunnel() {
     let mut tunnel = flow("frontend", "checkout", T0 + 100 * MS, Outcome::Open);
     tunnel.start_ns = T0 - MS;
     tunnel.end_ns = None;
-    store.add_flow(&tunnel);
+    store.add_flow(tunnel.clone());
     let calls: Vec<Request> = (0..3)
         .map(|i| request("frontend", "checkout", T0 + i * 5 * MS, 1_000, 200))
         .collect();

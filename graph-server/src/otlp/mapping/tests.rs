@@ -27,7 +27,7 @@ fn shop() -> Vec<ExportSpan> {
     let mut tunnel = flow("frontend", "checkout", T0 + 20 * MS, Outcome::Closed);
     tunnel.start_ns = T0 - MS;
     tunnel.tunnel_setup_us = Some(900);
-    store.add_flow(&tunnel);
+    store.add_flow(tunnel.clone());
     store.take_settled(T0 + 10 * SECOND, SECOND)
 }
 
@@ -266,7 +266,7 @@ fn failed_flows_and_5xx_are_errors_and_bad_ids_are_refused() {
     let SpanRecord::Tunnel(flow) = &mut exported[1].record else {
         panic!("the second span is the tunnel");
     };
-    flow.outcome = Outcome::Refused;
+    Arc::make_mut(flow).outcome = Outcome::Refused;
     let status = span(&exported[1]).unwrap().span.status.unwrap();
     assert_eq!(
         (status.code, status.message.as_str()),
