@@ -657,6 +657,36 @@ fn api_token_reaches_the_server_from_a_secret_through_its_environment() {
     );
 }
 
+#[test]
+fn otlp_export_is_off_by_default_and_the_endpoint_value_reaches_the_server_flag() {
+    let server_args = |manifests: &[Manifest]| -> Vec<String> {
+        args(only_container(pod_spec_of_deployment(manifests)))
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    };
+    for (variant, manifests) in [
+        ("kustomize", kustomize_manifests()),
+        ("chart, default values", chart_manifests(&[])),
+    ] {
+        assert!(
+            !server_args(&manifests)
+                .iter()
+                .any(|a| a == "--otlp-endpoint"),
+            "{variant}: no export unless asked for"
+        );
+    }
+    let with_otlp = server_args(&chart_manifests(&every_option()));
+    let at = with_otlp
+        .iter()
+        .position(|a| a == "--otlp-endpoint")
+        .expect("--otlp-endpoint with otlp.endpoint set");
+    assert_eq!(
+        with_otlp.get(at + 1).map(String::as_str),
+        Some(OTLP_ENDPOINT)
+    );
+}
+
 /// The chart's flags exist in `nephilia-server`'s CLI (graph-server/src/config.rs), so a
 /// renamed flag fails here rather than in a CrashLoopBackOff.
 #[test]

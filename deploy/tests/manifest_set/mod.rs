@@ -146,9 +146,15 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Manifest>)> {
     vec![
         ("kustomize", kustomize_manifests()),
         ("chart, default values", chart_manifests(&[])),
-        ("chart, tls and api token", chart_manifests(&every_option())),
+        (
+            "chart, tls, api token and otlp",
+            chart_manifests(&every_option()),
+        ),
     ]
 }
+
+/// The collector `every_option` exports spans to.
+pub const OTLP_ENDPOINT: &str = "http://jaeger-collector.observability:4317";
 
 pub fn every_option() -> Vec<(&'static str, Value)> {
     vec![
@@ -156,6 +162,7 @@ pub fn every_option() -> Vec<(&'static str, Value)> {
         ("tls.secretName", json!("agent-server-mtls")),
         ("apiToken.secretName", json!("nephilia-api-token")),
         ("apiToken.secretKey", json!("bearer")),
+        ("otlp.endpoint", json!(OTLP_ENDPOINT)),
     ]
 }
 
