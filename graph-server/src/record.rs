@@ -232,7 +232,8 @@ impl Record {
         }
     }
 
-    /// Rough heap + inline size, for memory accounting.
+    /// Rough heap + inline size, for memory accounting. A request or mesh flow shared
+    /// with the trace store is counted in full by both, so the estimate errs high.
     pub fn estimated_bytes(&self) -> usize {
         let heap = match self {
             Self::Connection(c) => c.heap_bytes(),
