@@ -42,6 +42,9 @@ struct OpenConnection {
     last_report_ns: u64,
     /// Byte totals in the last record.
     reported: (u64, u64),
+    /// When the kernel map was first found without the connection: it closed, and its
+    /// `Closed` event may still wait in the ring buffer.
+    missing_since_ns: Option<u64>,
 }
 
 /// Open connections and what has been reported of them.
@@ -84,6 +87,7 @@ impl ConnectionTable {
                     OpenConnection {
                         last_report_ns: state.start_ns,
                         reported: (0, 0),
+                        missing_since_ns: None,
                     },
                 );
                 ConnectionRecord::from_state(state, false, (0, 0), &self.clock)
@@ -110,7 +114,9 @@ impl ConnectionTable {
 
     /// Interim records for connections not reported for an interval. `lookup` reads a
     /// connection's current state from the kernel map; `None` means the kernel no longer
-    /// has it (its `Closed` event was lost), and the connection is forgotten.
+    /// has it: it closed. Its `Closed` event (which reports the rest of its bytes) may
+    /// still be in the ring buffer, so the connection is forgotten only when that event has
+    /// not come an interval later (lost to a full ring buffer).
     pub fn interim_records(
         &mut self,
         now_ns: u64,
@@ -122,7 +128,8 @@ impl ConnectionTable {
                 return true;
             }
             let Some(state) = lookup(cookie) else {
-                return false;
+                let since = *open.missing_since_ns.get_or_insert(now_ns);
+                return now_ns.saturating_sub(since) < self.interim_interval_ns;
             };
             records.push(ConnectionRecord::from_state(
                 &state,
@@ -223,10 +230,34 @@ mod tests {
     }
 
     #[test]
-    fn connections_the_kernel_forgot_are_dropped() {
+    fn connections_the_kernel_forgot_are_dropped_an_interval_later() {
         let mut table = table();
         table.apply(ConnectionEventKind::Opened, &state(1, 0, 0));
         assert!(table.interim_records(30 * SECOND, |_| None).is_empty());
+        assert_eq!(table.len(), 1, "its Closed event may still come");
+        assert!(table.interim_records(34 * SECOND, |_| None).is_empty());
+        assert_eq!(table.len(), 1);
+        assert!(table.interim_records(35 * SECOND, |_| None).is_empty());
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn closed_event_after_the_kernel_forgot_reports_only_the_rest() {
+        // An interim record, then the connection closes; the next interim round finds it
+        // gone from the kernel map before its Closed event is read from the ring buffer.
+        let mut table = table();
+        table.apply(ConnectionEventKind::Opened, &state(7, 0, 0));
+        let interim = table.interim_records(15 * SECOND, |_| Some(state(7, 1_000, 0)));
+        assert_eq!(interim[0].bytes_sent_delta, 1_000);
+        assert!(table.interim_records(20 * SECOND, |_| None).is_empty());
+        let mut closed = state(7, 3_000, 0);
+        closed.close_ns = 19 * SECOND;
+        let last = table.apply(ConnectionEventKind::Closed, &closed);
+        assert_eq!(
+            (last.bytes_sent, last.bytes_sent_delta),
+            (3_000, 2_000),
+            "deltas add up to the total"
+        );
         assert!(table.is_empty());
     }
 
