@@ -12,6 +12,7 @@
 //!
 //! `check` tells whether this node can run any of it.
 
+pub mod background;
 pub mod check;
 pub mod clock;
 pub mod connection_table;

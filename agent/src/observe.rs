@@ -9,6 +9,7 @@ use nephilia_common::{ConnectionEventKind, ConnectionState, ProbeFailure};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
+    background::Background,
     clock::BootClock,
     connection_table::{self, ConnectionTable},
     l7_capture::{self, Attachments, L7Options, RequestTracker, attach::Direction},
@@ -311,10 +312,7 @@ fn warn_on_new_failures(before: &[(ProbeFailure, u64)], after: &[(ProbeFailure, 
 
 /// `observe` on a thread of its own, collecting records; for tests and benchmarks that
 /// drive traffic from the calling thread.
-pub struct BackgroundObserver {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<Observed>>>,
-}
+pub struct BackgroundObserver(Background<Result<Observed>>);
 
 /// Every record of an observation, and its summary.
 pub type Observed = (Vec<Record>, Summary);
@@ -323,75 +321,29 @@ impl BackgroundObserver {
     /// Loads and attaches the programs (the L7 capture in the namespaces present now), and
     /// returns once they are attached.
     pub fn start(options: ObserveOptions) -> Result<Self> {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready) = std::sync::mpsc::channel::<Result<(), probes::Error>>();
-        let thread = std::thread::Builder::new()
-            .name("nephilia-observe".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let mut probes = match Probes::load() {
-                        Ok(probes) => probes,
-                        Err(error) => {
-                            let _ = ready_tx.send(Err(error));
-                            return Ok((Vec::new(), Summary::default()));
-                        }
-                    };
-                    let mut records = Vec::new();
-                    let stop = async {
-                        let _ = stopped.await;
-                    };
-                    let ready = || {
-                        let _ = ready_tx.send(Ok(()));
-                    };
-                    let summary = observe_when_ready(
-                        &mut probes,
-                        &options,
-                        stop,
-                        |record| records.push(record),
-                        ready,
-                    )
-                    .await?;
-                    Ok((records, summary))
-                })
-            })?;
-        match ready.recv() {
-            Ok(Ok(())) => Ok(Self {
-                stop: Some(stop),
-                thread: Some(thread),
-            }),
-            Ok(Err(error)) => Err(error.into()),
-            Err(_) => match thread.join() {
-                Ok(Err(error)) => Err(error),
-                _ => Err(Error::Poll(std::io::Error::other("observer thread died"))),
-            },
+        let observe = move |stop, ready| async move {
+            let mut probes = Probes::load()?;
+            let mut records = Vec::new();
+            let summary = observe_when_ready(
+                &mut probes,
+                &options,
+                stop,
+                |record| records.push(record),
+                ready,
+            )
+            .await?;
+            Ok((records, summary))
+        };
+        match Background::start("nephilia-observe", observe) {
+            Ok(background) => Ok(Self(background)),
+            Err(ended) => Err(ended.err().unwrap_or_else(|| {
+                Error::Poll(std::io::Error::other("observer stopped before attaching"))
+            })),
         }
     }
 
     /// Stops observing, detaches the programs and returns everything recorded.
-    pub fn stop(mut self) -> Result<Observed> {
-        self.finish()
-    }
-
-    fn finish(&mut self) -> Result<Observed> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.thread.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(Error::Poll(std::io::Error::other(
-                "observer thread panicked",
-            ))),
-            None => Ok((Vec::new(), Summary::default())),
-        }
-    }
-}
-
-impl Drop for BackgroundObserver {
-    /// Detaches the programs even when a test fails before calling `stop`.
-    fn drop(&mut self) {
-        let _ = self.finish();
+    pub fn stop(self) -> Result<Observed> {
+        self.0.stop()
     }
 }

@@ -14,9 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use nephilia_agent::{
+    background::Background,
     metadata::{MetadataStore, static_file},
     observe::ObserveOptions,
-    report::{self, ReporterOptions},
+    report::{self, Reported, ReporterOptions},
 };
 use nephilia_testbed::{CallOutcome, Fault, Mesh, Protocol, Scenario, UpOptions};
 use serde_json::{Value, json};
@@ -75,63 +76,22 @@ const HEALTHY_CALLS: usize = 20;
 /// Calls while payments is stopped (150 ms apart).
 const OUTAGE_CALLS: usize = 40;
 
-/// The agent on a thread of its own, stopped (programs detached) when dropped.
-struct Agent {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Agent {
-    /// Starts reporting to `grpc` with the mesh's metadata; returns once attached.
-    fn start(mesh: &Mesh, grpc: std::net::SocketAddr) -> Self {
-        let metadata = MetadataStore::default();
-        metadata.replace(static_file::load(mesh.metadata_path()).expect("metadata file"));
-        let options = ObserveOptions {
-            metadata,
-            node: NODE.into(),
-            ..ObserveOptions::default()
-        };
-        let reporter = ReporterOptions::new(format!("http://{grpc}"), NODE);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (attached, ready) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("agent runtime");
-            let stop = async {
-                let _ = stopped.await;
-            };
-            let signal_ready = move || {
-                let _ = attached.send(());
-            };
-            let reported = runtime.block_on(report::observe_and_report(
-                reporter,
-                options,
-                stop,
-                signal_ready,
-            ));
-            match reported {
-                Ok(reported) => eprintln!("agent stopped: {reported:?}"),
-                Err(error) => panic!("agent failed: {error}"),
-            }
-        });
-        ready
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the agent attaches its programs within a minute");
-        Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// The agent on a thread of its own, reporting to `grpc` with the mesh's metadata, exactly
+/// as `nephilia-agent run` does; returns once attached, stops (detaching its programs)
+/// when dropped.
+fn start_agent(mesh: &Mesh, grpc: std::net::SocketAddr) -> Background<report::Result<Reported>> {
+    let metadata = MetadataStore::default();
+    metadata.replace(static_file::load(mesh.metadata_path()).expect("metadata file"));
+    let options = ObserveOptions {
+        metadata,
+        node: NODE.into(),
+        ..ObserveOptions::default()
+    };
+    let reporter = ReporterOptions::new(format!("http://{grpc}"), NODE);
+    Background::start("nephilia-agent", move |stop, ready| {
+        report::observe_and_report(reporter, options, stop, ready)
+    })
+    .unwrap_or_else(|ended| panic!("the agent stopped before attaching: {ended:?}"))
 }
 
 fn call(mesh: &Mesh) -> CallOutcome {
@@ -225,7 +185,7 @@ fn traffic_outage_and_traces_of_a_live_mesh_reach_the_api_and_the_ui() {
     // start with the first failure, wherever the stop falls in a bucket.
     let server = ServerProcess::start(&["--bucket-width", "2s", "--min-attempts", "1"]);
     let api = server.api();
-    let _agent = Agent::start(&mesh, server.grpc);
+    let _agent = start_agent(&mesh, server.grpc);
     wait_until("the agent's heartbeat", Duration::from_secs(20), || {
         let agents = api.get_json("/api/v1/agents")?;
         agents.to_string().contains(NODE).then_some(())
