@@ -83,6 +83,9 @@ impl TimeIndex {
         at_ns: u64,
         matches: impl Fn(u64) -> bool,
     ) -> Option<(u64, u64)> {
+        if range.is_empty() {
+            return None;
+        }
         let at_ns = at_ns.clamp(range.start, range.end);
         // At or after `at_ns`, ascending (start, key): the first match is the best.
         let after = self.range(hash, at_ns, range.end).find(|e| matches(e.1));

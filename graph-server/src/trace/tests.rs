@@ -338,7 +338,8 @@ fn nearest_finds_what_a_full_scan_finds() {
     }
     for _ in 0..500 {
         let (a, b) = (next(110), next(110));
-        let range = a.min(b)..a.max(b);
+        // Half the ranges are inverted (empty): nothing is found, nothing panics.
+        let range = a..b;
         let at = next(110);
         let (modulus, rest) = (next(7) + 1, next(3));
         let matches = |k: u64| k % modulus == rest % modulus;
