@@ -19,9 +19,12 @@ pub enum ConfigError {
     PartialTls,
     /// `--otlp-endpoint` was not an `http://host:port` URL.
     #[error(
-        "invalid --otlp-endpoint {value:?}: {reason}; expected http://host:port, e.g. http://jaeger-collector:4317"
+        "invalid --otlp-endpoint {value:?}: {reason}; expected http://host:port or https://host:port, e.g. http://jaeger-collector:4317"
     )]
     BadOtlpEndpoint { value: String, reason: &'static str },
+    /// `--otlp-ca` verifies a TLS collector; the endpoint was not https://.
+    #[error("--otlp-ca is given but --otlp-endpoint is not an https:// URL")]
+    OtlpCaWithoutHttps,
 }
 
 /// `nephilia-server` flags.
@@ -61,9 +64,14 @@ pub struct ServerArgs {
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
     /// OTLP/gRPC collector trace spans are exported to (Jaeger, Tempo, an OpenTelemetry
-    /// Collector), e.g. http://jaeger-collector:4317; no export unless given.
+    /// Collector), e.g. http://jaeger-collector:4317, or https:// for TLS; no export unless
+    /// given.
     #[arg(long, env = "NEPHILIA_OTLP_ENDPOINT", value_parser = parse_otlp_endpoint)]
     pub otlp_endpoint: Option<Uri>,
+    /// CA certificates (PEM) the https:// collector's certificate must chain to; without
+    /// it, the system's trust store.
+    #[arg(long, env = "NEPHILIA_OTLP_CA")]
+    pub otlp_ca: Option<PathBuf>,
     /// How long a trace must have had no new span before its spans are exported.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub otlp_delay: Duration,
@@ -82,6 +90,13 @@ impl ServerArgs {
             .count();
         if given != 0 && given != 3 {
             return Err(ConfigError::PartialTls);
+        }
+        let https = self
+            .otlp_endpoint
+            .as_ref()
+            .is_some_and(|uri| uri.scheme_str() == Some("https"));
+        if self.otlp_ca.is_some() && !https {
+            return Err(ConfigError::OtlpCaWithoutHttps);
         }
         Ok(())
     }
@@ -143,7 +158,8 @@ pub fn parse_size(text: &str) -> Result<usize, ConfigError> {
     number.checked_mul(factor).ok_or_else(bad)
 }
 
-/// "http://jaeger-collector:4317": plain-text gRPC to a host and port, no path.
+/// "http://jaeger-collector:4317" (plain-text gRPC) or "https://…" (TLS) to a host and
+/// port, no path.
 pub fn parse_otlp_endpoint(text: &str) -> Result<Uri, ConfigError> {
     let bad = |reason| ConfigError::BadOtlpEndpoint {
         value: text.to_owned(),
@@ -151,9 +167,8 @@ pub fn parse_otlp_endpoint(text: &str) -> Result<Uri, ConfigError> {
     };
     let uri: Uri = text.parse().map_err(|_| bad("not a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(bad("https is not supported, only plain-text http")),
-        _ => return Err(bad("the scheme must be http://")),
+        Some("http" | "https") => {}
+        _ => return Err(bad("the scheme must be http:// or https://")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("no host"));
@@ -187,6 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn otlp_ca_needs_an_https_endpoint() {
+        use clap::Parser;
+        let args = |endpoint: &str| {
+            ServerArgs::parse_from([
+                "nephilia-server",
+                "--otlp-endpoint",
+                endpoint,
+                "--otlp-ca",
+                "ca.pem",
+            ])
+        };
+        assert_eq!(
+            args("http://jaeger-collector:4317").validate(),
+            Err(ConfigError::OtlpCaWithoutHttps)
+        );
+        assert_eq!(args("https://jaeger-collector:4317").validate(), Ok(()));
+        let no_endpoint = ServerArgs::parse_from(["nephilia-server", "--otlp-ca", "ca.pem"]);
+        assert_eq!(no_endpoint.validate(), Err(ConfigError::OtlpCaWithoutHttps));
+    }
+
+    #[test]
     fn partial_tls_flags_are_refused() {
         use clap::Parser;
         let args = ServerArgs::parse_from(["nephilia-server", "--tls-cert", "c.pem"]);
@@ -199,15 +235,17 @@ mod tests {
     }
 
     #[test]
-    fn otlp_endpoint_must_be_http_host_and_port() {
+    fn otlp_endpoint_must_be_http_or_https_host_and_port() {
         let uri = parse_otlp_endpoint("http://jaeger-collector:4317").unwrap();
         assert_eq!(uri.to_string(), "http://jaeger-collector:4317/");
+        let uri = parse_otlp_endpoint("https://tempo.example:4317").unwrap();
+        assert_eq!(uri.to_string(), "https://tempo.example:4317/");
         for (text, reason) in [
-            ("jaeger-collector:4317", "the scheme must be http://"),
             (
-                "https://tempo:4317",
-                "https is not supported, only plain-text http",
+                "jaeger-collector:4317",
+                "the scheme must be http:// or https://",
             ),
+            ("ftp://tempo:4317", "the scheme must be http:// or https://"),
             ("http://tempo", "no port (OTLP/gRPC listens on 4317)"),
             ("http://tempo:4317/v1/traces", "OTLP/gRPC takes no path"),
             ("http://", "not a URL"),
@@ -227,7 +265,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains("--otlp-endpoint")
-                && err.contains("expected http://host:port, e.g. http://jaeger-collector:4317"),
+                && err.contains("expected http://host:port or https://host:port"),
             "{err}"
         );
         let err = ServerArgs::try_parse_from(["nephilia-server", "--otlp-queue", "0"])

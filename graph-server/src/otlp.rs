@@ -26,7 +26,7 @@ use axum::http::Uri;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use tokio::sync::Notify;
 use tonic::Code;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::trace::ExportSpan;
 
@@ -78,6 +78,8 @@ struct Queue {
 #[derive(Debug)]
 pub struct SpanExporter {
     endpoint: Uri,
+    /// The collector's address with timeouts and, for https://, TLS.
+    channel: Endpoint,
     quiet_ns: u64,
     capacity: usize,
     queue: Mutex<Queue>,
@@ -104,15 +106,28 @@ fn retryable(code: Code) -> bool {
 
 impl SpanExporter {
     /// `quiet` is `--otlp-delay`, `capacity` `--otlp-queue` (at least 1).
-    pub fn new(endpoint: Uri, quiet: Duration, capacity: usize) -> Self {
-        Self {
+    /// Fails only when `tls` cannot be applied to the endpoint.
+    pub fn new(
+        endpoint: Uri,
+        tls: Option<ClientTlsConfig>,
+        quiet: Duration,
+        capacity: usize,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut channel = Endpoint::from(endpoint.clone())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT);
+        if let Some(tls) = tls {
+            channel = channel.tls_config(tls)?;
+        }
+        Ok(Self {
             endpoint,
+            channel,
             quiet_ns: u64::try_from(quiet.as_nanos()).unwrap_or(u64::MAX),
             capacity: capacity.max(1),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             counters: Counters::default(),
-        }
+        })
     }
 
     pub fn endpoint(&self) -> &Uri {
@@ -202,11 +217,7 @@ impl SpanExporter {
     /// Sends the queue to the collector until the task is aborted. The connection is
     /// made on the first call and remade after failures.
     pub async fn run(&self) {
-        let channel = Endpoint::from(self.endpoint.clone())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy();
-        let mut client = TraceServiceClient::new(channel);
+        let mut client = TraceServiceClient::new(self.channel.connect_lazy());
         let endpoint = self.endpoint.to_string();
         let mut failing = false;
         loop {

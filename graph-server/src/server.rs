@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::api::{AppState, Clock, app};
 use crate::config::ServerArgs;
@@ -32,6 +32,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// TLS to the OTLP collector could not be set up.
+    #[error("TLS to the OTLP collector: {0}")]
+    OtlpTls(tonic::transport::Error),
     /// A TLS file could not be read.
     #[error("cannot read {flag} file {path}: {source}")]
     TlsFile {
@@ -64,8 +67,32 @@ pub fn ingest_tls(args: &ServerArgs) -> Result<Option<ServerTlsConfig>, ServeErr
     ))
 }
 
+/// TLS to an https:// OTLP collector: its certificate must chain to `--otlp-ca`, else to
+/// the system's trust store. `None` for plain-text http:// (or no export).
+pub fn otlp_tls(args: &ServerArgs) -> Result<Option<ClientTlsConfig>, ServeError> {
+    let https = args
+        .otlp_endpoint
+        .as_ref()
+        .is_some_and(|uri| uri.scheme_str() == Some("https"));
+    if !https {
+        return Ok(None);
+    }
+    let config = ClientTlsConfig::new();
+    Ok(Some(match &args.otlp_ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| ServeError::TlsFile {
+                flag: "--otlp-ca",
+                path: path.display().to_string(),
+                source,
+            })?;
+            config.ca_certificate(Certificate::from_pem(pem))
+        }
+        None => config.with_native_roots(),
+    }))
+}
+
 /// The state a server with these flags starts from.
-pub fn state(args: &ServerArgs) -> Arc<AppState> {
+pub fn state(args: &ServerArgs) -> Result<Arc<AppState>, ServeError> {
     let limits = Limits {
         retention_ns: u64::try_from(args.retention.as_nanos()).unwrap_or(u64::MAX),
         max_memory_bytes: args.max_memory,
@@ -75,14 +102,19 @@ pub fn state(args: &ServerArgs) -> Arc<AppState> {
         .max(1_000_000);
     let mut store = Store::new(width, args.health, limits, args.max_flows);
     let Some(endpoint) = &args.otlp_endpoint else {
-        return Arc::new(AppState::new(store, args.api_token.clone(), Clock::System));
+        return Ok(Arc::new(AppState::new(
+            store,
+            args.api_token.clone(),
+            Clock::System,
+        )));
     };
     store.traces.track_export();
     let capacity = usize::try_from(args.otlp_queue).unwrap_or(usize::MAX);
-    let exporter = SpanExporter::new(endpoint.clone(), args.otlp_delay, capacity);
-    Arc::new(
+    let exporter = SpanExporter::new(endpoint.clone(), otlp_tls(args)?, args.otlp_delay, capacity)
+        .map_err(ServeError::OtlpTls)?;
+    Ok(Arc::new(
         AppState::new(store, args.api_token.clone(), Clock::System).with_otlp(Arc::new(exporter)),
-    )
+    ))
 }
 
 /// Serves gRPC ingest on `listener` until `shutdown` resolves.
@@ -109,7 +141,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = ingest_tls(&args)?;
-    let state = state(&args);
+    let state = state(&args)?;
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await

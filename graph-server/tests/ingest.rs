@@ -12,6 +12,10 @@ use nephilia_proto::v1::{
 use nephilia_proto::{IngestClient, MAX_BATCH_RECORDS};
 use tonic::Code;
 
+mod support;
+
+use support::{Pki, tempdir};
+
 const T0: u64 = 1_767_268_980_000_000_000;
 
 struct Server {
@@ -237,39 +241,12 @@ async fn wrong_version_too_many_records_and_oversized_messages_are_refused() {
     );
 }
 
-/// A CA and a leaf it signed, PEM.
-struct Pki {
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
-        Self { ca }
-    }
-
-    /// (certificate, key) for `localhost`.
-    fn leaf(&self) -> (String, String) {
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 #[tokio::test]
 async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let pki = Pki::new("nephilia test CA");
     let (server_cert, server_key) = pki.leaf();
-    let dir = std::env::temp_dir().join(format!("nephilia-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("nephilia-tls");
     let write = |name: &str, pem: &str| {
         let path = dir.join(name);
         std::fs::write(&path, pem).unwrap();
@@ -284,7 +261,7 @@ async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
         ])
     };
     let tls = nephilia_graph_server::server::ingest_tls(&args).unwrap();
-    let state = nephilia_graph_server::server::state(&args);
+    let state = nephilia_graph_server::server::state(&args).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(serve_grpc(listener, state, tls, std::future::pending()));
@@ -328,5 +305,4 @@ async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
         connect(Some(stranger.leaf())).await.is_err(),
         "a client another CA signed"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 mod support;
 
-use support::{Api, ServerProcess, free_port, now_ns, wait_until};
+use support::{Api, Pki, ServerProcess, free_port, now_ns, tempdir, wait_until};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const FRONTEND_SPAN: &str = "00f067aa0ba902b7";
@@ -75,21 +75,29 @@ impl Drop for StopOnDrop {
 
 impl Collector {
     async fn start(&self, addr: SocketAddr) -> StopOnDrop {
+        self.start_with_tls(addr, None).await
+    }
+
+    /// Listens on `addr`, over TLS with `tls` (certificate, key) when given.
+    async fn start_with_tls(&self, addr: SocketAddr, tls: Option<(String, String)>) -> StopOnDrop {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind the collector");
         let (stop, stopped) = oneshot::channel::<()>();
         let service = TraceServiceServer::new(self.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                ),
-        );
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = tls {
+            let identity = tonic::transport::Identity::from_pem(cert, key);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("collector TLS");
+        }
+        tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         StopOnDrop(Some(stop))
     }
 
@@ -686,10 +694,47 @@ fn spans_wait_for_a_collector_that_is_down_within_the_queue_bound_and_the_rest_a
 }
 
 #[test]
+fn a_tls_collector_gets_the_spans_when_its_certificate_chains_to_otlp_ca() {
+    let rt = Runtime::new().expect("a tokio runtime");
+    let pki = Pki::new("nephilia test collector CA");
+    let collector = Collector::default();
+    let collector_addr = free_port();
+    let _collector = rt.block_on(collector.start_with_tls(collector_addr, Some(pki.leaf())));
+    let dir = tempdir("nephilia-otlp-tls");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, pki.ca.pem()).expect("write the CA");
+    let endpoint = format!("https://localhost:{}", collector_addr.port());
+    let server = ServerProcess::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-ca",
+        ca.to_str().expect("utf-8 path"),
+        "--otlp-delay",
+        "200ms",
+    ]);
+    let t = now_ns() - 1_000 * MS;
+    report(
+        &rt,
+        server.grpc,
+        "node-a",
+        (0..3).map(|i| item(i, t)).collect(),
+    );
+    wait_until("three spans over TLS", Duration::from_secs(15), || {
+        (collector.spans().len() >= 3).then_some(())
+    });
+    let mut names: Vec<String> = collector.spans().into_iter().map(|(_, s)| s.name).collect();
+    names.sort();
+    assert_eq!(names, ["GET /item/0", "GET /item/1", "GET /item/2"]);
+    let metrics = otlp_metrics(server.api());
+    assert_eq!(metric(&metrics, "nephilia_otlp_spans_exported_total"), 3);
+    assert_eq!(metric(&metrics, "nephilia_otlp_export_failures_total"), 0);
+}
+
+#[test]
 fn a_bad_endpoint_stops_the_server_at_startup_naming_the_flag() {
     for (args, env) in [
         (vec!["--otlp-endpoint", "tempo:4317"], None),
-        (vec![], Some("https://tempo:4317")),
+        (vec![], Some("ftp://tempo:4317")),
     ] {
         let mut command = Command::new(env!("CARGO_BIN_EXE_nephilia-server"));
         command.args(&args).env_remove("NEPHILIA_OTLP_ENDPOINT");
@@ -701,7 +746,7 @@ fn a_bad_endpoint_stops_the_server_at_startup_naming_the_flag() {
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(
             stderr.contains("--otlp-endpoint")
-                && stderr.contains("expected http://host:port, e.g. http://jaeger-collector:4317"),
+                && stderr.contains("expected http://host:port or https://host:port"),
             "{stderr}"
         );
     }

@@ -1,5 +1,6 @@
 //! What the tests that run a real `nephilia-server` share: the server process, a small
-//! HTTP client for its API, waiting, and the browser driver (`ui/tests/browser.mjs`).
+//! HTTP client for its API, waiting, the browser driver (`ui/tests/browser.mjs`), test
+//! certificates and temporary directories.
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
 use std::io::{Read, Write};
@@ -180,4 +181,52 @@ pub fn run_browser(name: &str, api: Api, expect: &Value, views: &[&str]) {
         started.elapsed(),
         artifacts.display()
     );
+}
+
+/// A CA and a leaf it signed, PEM.
+pub struct Pki {
+    pub ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        Self { ca }
+    }
+
+    /// (certificate, key) for `localhost`.
+    pub fn leaf(&self) -> (String, String) {
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A fresh directory under the system's temporary one, removed when the test ends.
+pub fn tempdir(name: &str) -> TempDir {
+    let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&path).expect("create a temporary directory");
+    TempDir(path)
+}
+
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
