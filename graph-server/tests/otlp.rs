@@ -104,6 +104,13 @@ impl Collector {
     fn spans(&self) -> Vec<Received> {
         self.spans.lock().unwrap().clone()
     }
+
+    /// The names of the spans received, sorted.
+    fn span_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.spans().into_iter().map(|(_, s)| s.name).collect();
+        names.sort();
+        names
+    }
 }
 
 /// `nephilia-server` exporting to `collector`, with these extra flags.
@@ -653,8 +660,7 @@ fn spans_wait_for_a_collector_that_is_down_within_the_queue_bound_and_the_rest_a
             (metric(&m, "nephilia_otlp_spans_exported_total") == 4).then_some(())
         },
     );
-    let mut names: Vec<String> = collector.spans().into_iter().map(|(_, s)| s.name).collect();
-    names.sort();
+    let names = collector.span_names();
     assert_eq!(
         names,
         ["GET /item/6", "GET /item/7", "GET /item/8", "GET /item/9"]
@@ -722,8 +728,7 @@ fn a_tls_collector_gets_the_spans_when_its_certificate_chains_to_otlp_ca() {
     wait_until("three spans over TLS", Duration::from_secs(15), || {
         (collector.spans().len() >= 3).then_some(())
     });
-    let mut names: Vec<String> = collector.spans().into_iter().map(|(_, s)| s.name).collect();
-    names.sort();
+    let names = collector.span_names();
     assert_eq!(names, ["GET /item/0", "GET /item/1", "GET /item/2"]);
     let metrics = otlp_metrics(server.api());
     assert_eq!(metric(&metrics, "nephilia_otlp_spans_exported_total"), 3);
