@@ -589,6 +589,12 @@ fn a_fan_out_reaches_the_collector_as_the_trace_api_shows_it() {
     );
 }
 
+/// `item(i)` for each of `items` from node-a, starting a second ago.
+fn report_items(rt: &Runtime, grpc: SocketAddr, items: std::ops::Range<u64>) {
+    let t = now_ns() - 1_000 * MS;
+    report(rt, grpc, "node-a", items.map(|i| item(i, t)).collect());
+}
+
 /// A single client span `GET /item/{i}` with no traceparent: a trace of its own.
 fn item(i: u64, start_ns: u64) -> Record {
     let mut record = Call {
@@ -623,13 +629,7 @@ fn spans_wait_for_a_collector_that_is_down_within_the_queue_bound_and_the_rest_a
         collector_addr,
         &["--otlp-delay", "200ms", "--otlp-queue", "4"],
     );
-    let t = now_ns() - 1_000 * MS;
-    report(
-        &rt,
-        server.grpc,
-        "node-a",
-        (0..10).map(|i| item(i, t)).collect(),
-    );
+    report_items(&rt, server.grpc, 0..10);
 
     // All ten leave the store in one tick; the queue keeps the newest four.
     let metrics = wait_until(
@@ -667,13 +667,7 @@ fn spans_wait_for_a_collector_that_is_down_within_the_queue_bound_and_the_rest_a
     );
 
     // With the collector up, new spans go straight through.
-    let t = now_ns() - 1_000 * MS;
-    report(
-        &rt,
-        server.grpc,
-        "node-a",
-        (10..12).map(|i| item(i, t)).collect(),
-    );
+    report_items(&rt, server.grpc, 10..12);
     wait_until("two more spans", Duration::from_secs(10), || {
         (collector.spans().len() >= 6).then_some(())
     });
@@ -718,20 +712,18 @@ fn a_tls_collector_gets_the_spans_when_its_certificate_chains_to_otlp_ca() {
         "--otlp-delay",
         "200ms",
     ]);
-    let t = now_ns() - 1_000 * MS;
-    report(
-        &rt,
-        server.grpc,
-        "node-a",
-        (0..3).map(|i| item(i, t)).collect(),
-    );
+    report_items(&rt, server.grpc, 0..3);
     wait_until("three spans over TLS", Duration::from_secs(15), || {
         (collector.spans().len() >= 3).then_some(())
     });
     let names = collector.span_names();
     assert_eq!(names, ["GET /item/0", "GET /item/1", "GET /item/2"]);
-    let metrics = otlp_metrics(server.api());
-    assert_eq!(metric(&metrics, "nephilia_otlp_spans_exported_total"), 3);
+    // The server counts a batch once the collector's answer is back, a moment after the
+    // collector has the spans.
+    let metrics = wait_until("the export to be counted", Duration::from_secs(5), || {
+        let m = otlp_metrics(server.api());
+        (metric(&m, "nephilia_otlp_spans_exported_total") == 3).then_some(m)
+    });
     assert_eq!(metric(&metrics, "nephilia_otlp_export_failures_total"), 0);
 }
 
