@@ -82,6 +82,13 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Whether spans are exported to an https:// collector.
+    pub fn otlp_over_tls(&self) -> bool {
+        self.otlp_endpoint
+            .as_ref()
+            .is_some_and(|uri| uri.scheme_str() == Some("https"))
+    }
+
     /// Cross-flag checks clap cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let given = [&self.tls_cert, &self.tls_key, &self.tls_ca]
@@ -91,11 +98,7 @@ impl ServerArgs {
         if given != 0 && given != 3 {
             return Err(ConfigError::PartialTls);
         }
-        let https = self
-            .otlp_endpoint
-            .as_ref()
-            .is_some_and(|uri| uri.scheme_str() == Some("https"));
-        if self.otlp_ca.is_some() && !https {
+        if self.otlp_ca.is_some() && !self.otlp_over_tls() {
             return Err(ConfigError::OtlpCaWithoutHttps);
         }
         Ok(())

@@ -70,11 +70,7 @@ pub fn ingest_tls(args: &ServerArgs) -> Result<Option<ServerTlsConfig>, ServeErr
 /// TLS to an https:// OTLP collector: its certificate must chain to `--otlp-ca`, else to
 /// the system's trust store. `None` for plain-text http:// (or no export).
 pub fn otlp_tls(args: &ServerArgs) -> Result<Option<ClientTlsConfig>, ServeError> {
-    let https = args
-        .otlp_endpoint
-        .as_ref()
-        .is_some_and(|uri| uri.scheme_str() == Some("https"));
-    if !https {
+    if !args.otlp_over_tls() {
         return Ok(None);
     }
     let config = ClientTlsConfig::new();
