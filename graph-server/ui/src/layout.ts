@@ -128,14 +128,25 @@ function withPlaceholders(list: GraphNode[], inside: Edge[], rank: Map<string, n
   return { layers, links, chains };
 }
 
-/** Reorders every layer in place: barycentre sweeps, keeping the ordering with the fewest crossings. */
-function order(layers: string[][], links: [string, string][]): void {
+/** For every item, the items linked into it (`before`) and out of it (`after`), in link order. */
+function adjacency(links: [string, string][]): { before: Map<string, string[]>; after: Map<string, string[]> } {
   const before = new Map<string, string[]>();
   const after = new Map<string, string[]>();
+  const add = (map: Map<string, string[]>, key: string, item: string) => {
+    const list = map.get(key);
+    if (list) list.push(item);
+    else map.set(key, [item]);
+  };
   for (const [s, t] of links) {
-    before.set(t, [...(before.get(t) ?? []), s]);
-    after.set(s, [...(after.get(s) ?? []), t]);
+    add(before, t, s);
+    add(after, s, t);
   }
+  return { before, after };
+}
+
+/** Reorders every layer in place: barycentre sweeps, keeping the ordering with the fewest crossings. */
+function order(layers: string[][], links: [string, string][]): void {
+  const { before, after } = adjacency(links);
   const index = new Map<string, number>();
   const reindex = (layer: string[]) => layer.forEach((item, i) => index.set(item, i));
   layers.forEach(reindex);
@@ -195,12 +206,7 @@ function crossings(layers: string[][], links: [string, string][], index: Map<str
  * the items above it allow, so chains run straight; the band then starts at row 0.
  */
 function rows(layers: string[][], links: [string, string][]): Map<string, number> {
-  const before = new Map<string, string[]>();
-  const after = new Map<string, string[]>();
-  for (const [s, t] of links) {
-    before.set(t, [...(before.get(t) ?? []), s]);
-    after.set(s, [...(after.get(s) ?? []), t]);
-  }
+  const { before, after } = adjacency(links);
   const row = new Map<string, number>();
   for (const layer of layers) layer.forEach((item, i) => row.set(item, i));
   const place = (layer: string[], neighbours: Map<string, string[]>) => {
