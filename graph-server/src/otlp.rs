@@ -77,7 +77,6 @@ struct Queue {
 /// The queue between the trace store and the collector, and its counters.
 #[derive(Debug)]
 pub struct SpanExporter {
-    endpoint: Uri,
     /// The collector's address with timeouts and, for https://, TLS.
     channel: Endpoint,
     quiet_ns: u64,
@@ -113,14 +112,13 @@ impl SpanExporter {
         quiet: Duration,
         capacity: usize,
     ) -> Result<Self, tonic::transport::Error> {
-        let mut channel = Endpoint::from(endpoint.clone())
+        let mut channel = Endpoint::from(endpoint)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT);
         if let Some(tls) = tls {
             channel = channel.tls_config(tls)?;
         }
         Ok(Self {
-            endpoint,
             channel,
             quiet_ns: u64::try_from(quiet.as_nanos()).unwrap_or(u64::MAX),
             capacity: capacity.max(1),
@@ -131,7 +129,7 @@ impl SpanExporter {
     }
 
     pub fn endpoint(&self) -> &Uri {
-        &self.endpoint
+        self.channel.uri()
     }
 
     /// How long a trace must be quiet before it is exported.
@@ -218,7 +216,7 @@ impl SpanExporter {
     /// made on the first call and remade after failures.
     pub async fn run(&self) {
         let mut client = TraceServiceClient::new(self.channel.connect_lazy());
-        let endpoint = self.endpoint.to_string();
+        let endpoint = self.endpoint().to_string();
         let mut failing = false;
         loop {
             let batch = self.next_batch().await;
