@@ -141,6 +141,7 @@ fn programs() -> Vec<Finding> {
                     .iter()
                     .map(|tracepoint| Finding::present(format!("BTF tracepoint {tracepoint}"))),
             );
+            findings.extend(verifier_margins(&probes));
             let feature = format!(
                 "TC classifiers {} on lo of a scratch network namespace",
                 probes::L7_PROGRAMS.join(", ")
@@ -173,6 +174,24 @@ fn programs() -> Vec<Finding> {
                 format!("{error}; {hint}"),
             )]
         }
+    }
+}
+
+/// One finding per program: how much room it leaves under the verifier's limits. A
+/// program over the margin still loads here, but the next compiler may push it over.
+fn verifier_margins(probes: &probes::Probes) -> Vec<Finding> {
+    match probes.verifier_figures() {
+        Ok(figures) => figures
+            .into_iter()
+            .map(|figures| {
+                let problems = figures.problems();
+                Finding::from_result(
+                    format!("verifier margin {}: {}", figures.program, figures.summary()),
+                    (!problems.is_empty()).then(|| problems.join("; ")),
+                )
+            })
+            .collect(),
+        Err(error) => vec![Finding::missing("verifier figures", error.to_string())],
     }
 }
 

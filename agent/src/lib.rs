@@ -10,7 +10,8 @@
 //! 7. `l7_capture`: copies the plaintext hop's heads on each pod's `lo` and parses them
 //!    into `request` records.
 //!
-//! `check` tells whether this node can run any of it.
+//! `check` tells whether this node can run any of it, and `verifier_figures` how much
+//! room each program leaves under the verifier's limits.
 
 pub mod background;
 pub mod check;
@@ -24,3 +25,4 @@ pub mod observe;
 pub mod probes;
 pub mod record;
 pub mod report;
+pub mod verifier_figures;

@@ -9,10 +9,14 @@ use aya::{
 };
 use nephilia_common::{ConnectionState, ProbeFailure};
 
-use crate::kernel_offsets::{self, KernelTypes};
+use crate::{
+    kernel_offsets::{self, KernelTypes},
+    verifier_figures::{self, ProgramFigures},
+};
 
 /// The compiled programs of `ebpf/`, built by `build.rs`.
-static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nephilia"));
+pub(crate) static PROGRAMS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nephilia"));
 
 /// (program, BTF tracepoint) pairs; see `ebpf/src/connection.rs`.
 pub const CONNECTION_HOOKS: [(&str, &str); 8] = [
@@ -58,6 +62,9 @@ pub enum Error {
     /// A map operation failed.
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    /// The object's stack use could not be computed.
+    #[error(transparent)]
+    Figures(#[from] verifier_figures::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -106,6 +113,36 @@ impl Probes {
             classifier.load().map_err(failed)?;
         }
         Ok(Self { ebpf, attached })
+    }
+
+    /// Every loaded program's verifier figures: its stack (from the object) and the
+    /// instructions the verifier processed (from the kernel).
+    pub fn verifier_figures(&self) -> Result<Vec<ProgramFigures>> {
+        let stack = verifier_figures::stack_depths(PROGRAMS_OBJECT)?;
+        let programs = CONNECTION_HOOKS
+            .iter()
+            .map(|(program, tracepoint)| (*program, *tracepoint))
+            .chain(L7_PROGRAMS.iter().map(|program| (*program, "tc")));
+        programs
+            .map(|(program, tracepoint)| {
+                let failed = |source| Error::Program {
+                    program,
+                    tracepoint,
+                    source,
+                };
+                let info = self
+                    .ebpf
+                    .program(program)
+                    .ok_or(Error::MissingProgram(program))?
+                    .info()
+                    .map_err(failed)?;
+                Ok(ProgramFigures {
+                    program: program.to_string(),
+                    stack_bytes: stack.get(program).copied().unwrap_or(0),
+                    instructions: info.verified_instruction_count(),
+                })
+            })
+            .collect()
     }
 
     /// Tracepoints with an attached program.

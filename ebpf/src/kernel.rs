@@ -1,6 +1,6 @@
 //! Reads of kernel structs at offsets the agent resolved from the running kernel's BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use nephilia_common::{
     KernelOffsets,
     connection::{Endpoint, FAMILY_IPV4, FAMILY_IPV6},
@@ -93,27 +93,39 @@ impl Sock {
         unsafe { read(net, offset!(net_ns_inum)) }
     }
 
-    /// (local, remote) endpoints. IPv4-mapped IPv6 sockets report the IPv6 form.
-    pub fn endpoints(self, family: u16) -> Result<(Endpoint, Endpoint), ReadFailed> {
-        let mut local = Endpoint {
-            family,
-            ..Endpoint::default()
-        };
-        let mut remote = local;
+    /// Reads the (local, remote) endpoints into `local` and `remote` in place: callers pass
+    /// map memory, so the two 24-byte values never sit on the 512-byte BPF stack.
+    /// IPv4-mapped IPv6 sockets report the IPv6 form.
+    pub fn read_endpoints(
+        self,
+        family: u16,
+        local: &mut Endpoint,
+        remote: &mut Endpoint,
+    ) -> Result<(), ReadFailed> {
+        local.family = family;
+        remote.family = family;
+        local.addr = [0; 16];
+        remote.addr = [0; 16];
         // SAFETY: all reads are of `struct sock_common` fields of a kernel socket.
         unsafe {
             local.port = read(self.0, offset!(num))?;
             remote.port = u16::from_be(read(self.0, offset!(dport))?);
-            if family == FAMILY_IPV4 {
-                let l: [u8; 4] = read(self.0, offset!(rcv_saddr))?;
-                let r: [u8; 4] = read(self.0, offset!(daddr))?;
-                local.addr[..4].copy_from_slice(&l);
-                remote.addr[..4].copy_from_slice(&r);
-            } else if family == FAMILY_IPV6 {
-                local.addr = read(self.0, offset!(v6_rcv_saddr))?;
-                remote.addr = read(self.0, offset!(v6_daddr))?;
+            let (local_addr, remote_addr) = match family {
+                FAMILY_IPV4 => (
+                    (offset!(rcv_saddr), &mut local.addr[..4]),
+                    (offset!(daddr), &mut remote.addr[..4]),
+                ),
+                FAMILY_IPV6 => (
+                    (offset!(v6_rcv_saddr), &mut local.addr[..]),
+                    (offset!(v6_daddr), &mut remote.addr[..]),
+                ),
+                _ => return Ok(()),
+            };
+            for (offset, bytes) in [local_addr, remote_addr] {
+                bpf_probe_read_kernel_buf(self.0.wrapping_add(offset), bytes)
+                    .map_err(|_| ReadFailed)?;
             }
         }
-        Ok((local, remote))
+        Ok(())
     }
 }

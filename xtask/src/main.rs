@@ -115,6 +115,7 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    verifier_margins()?;
     step("cargo test (privileged tests run one at a time: they share the kernel)");
     if !setup::is_root() {
         eprintln!("note: not root; privileged tests will skip unless CI is set");
@@ -122,4 +123,32 @@ fn test() -> anyhow::Result<()> {
     run_command(cargo().args(["test", "--release", "--", "--test-threads=1"]))?;
     step("all checks and tests passed");
     Ok(())
+}
+
+/// Loads every eBPF program into this kernel (`nephilia-agent check`), prints its verifier
+/// figures and fails when one leaves less than the margin (stack over 384 bytes,
+/// instructions over half the verifier's limit). Needs root; outside CI it may skip.
+fn verifier_margins() -> anyhow::Result<()> {
+    step("eBPF programs: load each one and check its verifier margins (nephilia-agent check)");
+    if !setup::is_root() {
+        if std::env::var_os("CI").is_some() {
+            bail!("CI is set but this is not root: the eBPF programs cannot be loaded");
+        }
+        eprintln!(
+            "skipped: not root, the programs cannot be loaded (the stack figures are still checked by the agent's unit tests)"
+        );
+        return Ok(());
+    }
+    run_command(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "nephilia-agent",
+        "--bin",
+        "nephilia-agent",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    run_command(Command::new(target.join("release/nephilia-agent")).arg("check"))
 }

@@ -50,6 +50,7 @@ pub fn run() -> anyhow::Result<()> {
     node()?;
     rust_src()?;
     bpf_linker()?;
+    toolchain_versions()?;
     tracefs()?;
     step("setup complete");
     Ok(())
@@ -161,18 +162,56 @@ fn rust_src() -> anyhow::Result<()> {
     ]))
 }
 
+/// The Debian package bpf-linker links against; its version is what `setup` records.
+const LLVM_PACKAGE: &str = "llvm-22-dev";
+
+/// Where `setup` records which LLVM the installed bpf-linker was built against, beside the
+/// binary. bpf-linker embeds LLVM: after a Debian point release of LLVM it must be rebuilt,
+/// or the eBPF programs are compiled by one LLVM and checked against another's figures.
+fn bpf_linker_stamp() -> Option<std::path::PathBuf> {
+    let path = output(Command::new("which").arg("bpf-linker"))?;
+    Some(Path::new(path.trim()).with_extension("nephilia-llvm"))
+}
+
+fn llvm_version() -> anyhow::Result<String> {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Version}", LLVM_PACKAGE]))
+        .map(|version| version.trim().to_string())
+        .with_context(|| format!("{LLVM_PACKAGE} is not installed"))
+}
+
 fn bpf_linker() -> anyhow::Result<()> {
-    if let Some(version) = output(Command::new("bpf-linker").arg("--version")) {
-        step(&format!("bpf-linker: present ({})", version.trim()));
-        return Ok(());
+    let llvm = llvm_version()?;
+    let installed = output(Command::new("bpf-linker").arg("--version"));
+    let built_against = bpf_linker_stamp()
+        .and_then(|stamp| std::fs::read_to_string(stamp).ok())
+        .map(|version| version.trim().to_string());
+    match (&installed, &built_against) {
+        (Some(version), Some(built)) if *built == llvm => {
+            step(&format!(
+                "bpf-linker: present ({}, built against {LLVM_PACKAGE} {built})",
+                version.trim()
+            ));
+            return Ok(());
+        }
+        (Some(version), Some(built)) => step(&format!(
+            "bpf-linker: {} was built against {LLVM_PACKAGE} {built}, now {llvm}: rebuilding \
+             {BPF_LINKER_VERSION} (about a minute)",
+            version.trim()
+        )),
+        (Some(version), None) => step(&format!(
+            "bpf-linker: {} present but not built by setup (LLVM unknown): rebuilding \
+             {BPF_LINKER_VERSION} against {LLVM_PACKAGE} {llvm} (about a minute)",
+            version.trim()
+        )),
+        (None, _) => step(&format!(
+            "bpf-linker {BPF_LINKER_VERSION}: building against {LLVM_PACKAGE} {llvm} (about a minute)"
+        )),
     }
-    step(&format!(
-        "bpf-linker {BPF_LINKER_VERSION}: building against LLVM 22 (about a minute)"
-    ));
     run_command(
         crate::cargo()
             .args([
                 "install",
+                "--force",
                 "bpf-linker",
                 "--version",
                 BPF_LINKER_VERSION,
@@ -181,7 +220,48 @@ fn bpf_linker() -> anyhow::Result<()> {
                 "llvm-22",
             ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
-    )
+    )?;
+    let stamp = bpf_linker_stamp().context("bpf-linker is not on PATH after `cargo install`")?;
+    std::fs::write(&stamp, format!("{llvm}\n"))
+        .with_context(|| format!("cannot write {}", stamp.display()))
+}
+
+/// Prints and records the versions the eBPF programs are built with, so a run's log says
+/// which toolchain produced the verifier figures it shows.
+fn toolchain_versions() -> anyhow::Result<()> {
+    let versions = [
+        (LLVM_PACKAGE, llvm_version()?),
+        (
+            "bpf-linker",
+            output(Command::new("bpf-linker").arg("--version"))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        (
+            "nightly",
+            output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"]))
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+    ];
+    let text: String = versions
+        .iter()
+        .map(|(what, version)| format!("{what}: {version}\n"))
+        .collect();
+    step(&format!(
+        "eBPF toolchain: {}",
+        versions
+            .iter()
+            .map(|(what, version)| format!("{what} {version}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let target = crate::workspace_root().join("target");
+    std::fs::create_dir_all(&target)?;
+    let path = target.join("ebpf-toolchain.txt");
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn tracefs() -> anyhow::Result<()> {
