@@ -84,10 +84,8 @@ pub fn l7_capture_ingress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// A TCP segment's addresses and where its payload is.
+/// Where a TCP segment's payload is; its addresses go straight into the record.
 struct Tcp {
-    src: Endpoint,
-    dst: Endpoint,
     seq: u32,
     payload_offset: u32,
     payload_len: u32,
@@ -98,20 +96,20 @@ fn read_failed<E>(_: E) -> ProbeFailure {
 }
 
 fn capture(ctx: &TcContext, hook: u8) -> Result<(), ProbeFailure> {
-    let Some(tcp) = parse(ctx)? else {
+    let scratch = L7_SCRATCH.get_ptr_mut(0).ok_or(ProbeFailure::L7MapFull)?;
+    // SAFETY: the per-CPU slot is only used by this program invocation on this CPU.
+    let record = unsafe { &mut *scratch };
+    // The addresses are parsed into the record (map memory): two endpoints on the stack
+    // and their copies cost 100 bytes of the 512-byte BPF stack.
+    let Some(tcp) = parse(ctx, &mut record.src, &mut record.dst)? else {
         return Ok(());
     };
     if tcp.payload_len == 0 {
         return Ok(());
     }
-    let scratch = L7_SCRATCH.get_ptr_mut(0).ok_or(ProbeFailure::L7MapFull)?;
-    // SAFETY: the per-CPU slot is only used by this program invocation on this CPU.
-    let record = unsafe { &mut *scratch };
     record.timestamp_ns = bpf_ktime_get_ns_safe();
     // SAFETY: the context is a `__sk_buff`, which this helper takes in TC programs.
     record.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    record.src = tcp.src;
-    record.dst = tcp.dst;
     record.sender_remote = Endpoint::default();
     record.netns = 0;
     record.pid = 0;
@@ -232,11 +230,15 @@ fn opaque(value: u32) -> u32 {
 }
 
 /// Reads the IP and TCP headers; `None` for anything that is not TCP over IPv4/IPv6.
-fn parse(ctx: &TcContext) -> Result<Option<Tcp>, ProbeFailure> {
+fn parse(
+    ctx: &TcContext,
+    src: &mut Endpoint,
+    dst: &mut Endpoint,
+) -> Result<Option<Tcp>, ProbeFailure> {
     let protocol = u16::from_be(ctx.skb.protocol() as u16);
     let skb_len = ctx.len();
-    let mut src = Endpoint::default();
-    let mut dst = Endpoint::default();
+    *src = Endpoint::default();
+    *dst = Endpoint::default();
     let (l4, ip_payload) = match protocol {
         ETH_P_IP => {
             let version_ihl: u8 = ctx.load(ETH_HLEN).map_err(read_failed)?;
@@ -299,8 +301,6 @@ fn parse(ctx: &TcContext) -> Result<Option<Tcp>, ProbeFailure> {
     let in_packet = skb_len.saturating_sub(l4 as u32 + tcp_header);
     let payload_len = ip_payload.saturating_sub(tcp_header).min(in_packet);
     Ok(Some(Tcp {
-        src,
-        dst,
         seq,
         payload_offset: l4 as u32 + tcp_header,
         payload_len,
@@ -329,13 +329,13 @@ fn halves(addr: &[u8; 16]) -> (u64, u64) {
 const LOOPBACK_IFINDEX: u32 = 1;
 
 /// The budget entry of a segment (see `L7FlowKey`) and which side sent it.
-fn budget_key(tcp: &Tcp, record: &L7Segment) -> (L7FlowKey, u8) {
+fn budget_key(record: &L7Segment) -> (L7FlowKey, u8) {
     let client = if record.ifindex != LOOPBACK_IFINDEX {
         None
     } else if record.sender_role == Role::Client as u8 {
-        Some((&tcp.src, 0))
+        Some((&record.src, 0))
     } else if record.sender_role == Role::Server as u8 {
-        Some((&tcp.dst, 1))
+        Some((&record.dst, 1))
     } else {
         None
     };
@@ -349,11 +349,11 @@ fn budget_key(tcp: &Tcp, record: &L7Segment) -> (L7FlowKey, u8) {
         };
         return (key, sender);
     }
-    let src_first = before(&tcp.src, &tcp.dst);
+    let src_first = before(&record.src, &record.dst);
     let (a, b) = if src_first {
-        (&tcp.src, &tcp.dst)
+        (&record.src, &record.dst)
     } else {
-        (&tcp.dst, &tcp.src)
+        (&record.dst, &record.src)
     };
     let key = L7FlowKey {
         addr_a: a.addr,
@@ -367,7 +367,7 @@ fn budget_key(tcp: &Tcp, record: &L7Segment) -> (L7FlowKey, u8) {
 
 /// Takes up to the segment's length from its sender's budget; returns the bytes to copy.
 fn take_budget(tcp: &Tcp, record: &L7Segment) -> Result<u32, ProbeFailure> {
-    let (key, sender) = budget_key(tcp, record);
+    let (key, sender) = budget_key(record);
     let budget = match L7_BUDGETS.get_ptr_mut(key) {
         Some(budget) => budget,
         None => {

@@ -236,6 +236,7 @@ fn toolchain_versions() -> anyhow::Result<()> {
             output(Command::new("bpf-linker").arg("--version"))
                 .unwrap_or_default()
                 .trim()
+                .trim_start_matches("bpf-linker ")
                 .to_string(),
         ),
         (
