@@ -138,7 +138,8 @@ impl Probes {
                     .map_err(failed)?;
                 Ok(ProgramFigures {
                     program: program.to_string(),
-                    stack_bytes: stack.get(program).copied().unwrap_or(0),
+                    // A program the analysis did not find must not pass as 0 bytes.
+                    stack_bytes: *stack.get(program).ok_or(Error::MissingProgram(program))?,
                     instructions: info.verified_instruction_count(),
                 })
             })
