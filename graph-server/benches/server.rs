@@ -150,7 +150,7 @@ fn ingest(mut store: Option<&mut Store>, batches: &[Vec<u8>]) -> f64 {
         let Some(agent_message::Body::Batch(batch)) = message.body else {
             unreachable!("only batches here")
         };
-        let (node, records) = validate(batch).expect("valid batch");
+        let (node, records) = validate(batch, None).expect("valid batch");
         count += records.len();
         match store.as_deref_mut() {
             Some(store) => store.ingest(&node, records, T0 + 60 * SECOND),

@@ -1,14 +1,20 @@
 //! The gRPC `Ingest` service: validates each message of an agent's stream and hands whole
 //! batches to the [`Store`](crate::store::Store). A bad message ends only its own stream,
 //! with a status naming what was wrong; the agent reconnects and the server keeps serving.
+//! With mTLS, a stream may only report for the node its client certificate names
+//! ([`identity`]).
 use std::sync::Arc;
 
-use nephilia_proto::v1::{AgentMessage, Batch, ReportSummary, agent_message};
+use nephilia_proto::v1::{AgentMessage, Batch, Heartbeat, ReportSummary, agent_message};
 use nephilia_proto::{MAX_BATCH_RECORDS, PROTOCOL_VERSION};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::api::AppState;
-use crate::record::{Record, RecordError};
+use crate::record::{MAX_NODE_BYTES, Record, RecordError, capped};
+
+mod identity;
+
+pub use identity::{IdentityError, NodeIdentity};
 
 /// Why a message was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +30,21 @@ pub enum IngestError {
     /// `node` was empty.
     #[error("{what}: node is missing")]
     MissingNode { what: String },
+    /// `node` was longer than [`MAX_NODE_BYTES`]; not shown, only its length.
+    #[error("{what}: node is {len} bytes long, at most {MAX_NODE_BYTES} are accepted")]
+    NodeTooLong { what: String, len: usize },
+    /// The client certificate does not name one node, so the stream may report for none.
+    #[error("{0}")]
+    Unidentified(#[from] IdentityError),
+    /// A batch, record or heartbeat named another node than the stream's certificate.
+    #[error(
+        "{what} names node {claimed:?}, but this stream's client certificate is for node {bound:?}"
+    )]
+    WrongNode {
+        what: String,
+        claimed: String,
+        bound: String,
+    },
     /// More records than [`MAX_BATCH_RECORDS`].
     #[error(
         "batch {sequence} from {node} has {count} records, at most {MAX_BATCH_RECORDS} are accepted"
@@ -50,6 +71,8 @@ impl IngestError {
             Self::EmptyMessage | Self::MissingNode { .. } | Self::Record { .. } => "malformed",
             Self::Version { .. } => "version",
             Self::TooManyRecords { .. } => "too_many_records",
+            Self::NodeTooLong { .. } => "malformed",
+            Self::Unidentified(_) | Self::WrongNode { .. } => "permission_denied",
         }
     }
 }
@@ -59,25 +82,56 @@ impl From<IngestError> for Status {
         let code = match e {
             IngestError::Version { .. } => Code::FailedPrecondition,
             IngestError::TooManyRecords { .. } => Code::ResourceExhausted,
+            IngestError::Unidentified(_) | IngestError::WrongNode { .. } => Code::PermissionDenied,
             _ => Code::InvalidArgument,
         };
         Status::new(code, e.to_string())
     }
 }
 
-/// Checks a whole batch and converts its records; nothing of a bad batch is kept.
-pub fn validate(batch: Batch) -> Result<(String, Vec<Record>), IngestError> {
+/// Checks a `node` a batch or heartbeat names: present, no longer than a Kubernetes node
+/// name, and, on a stream bound to a certificate, that certificate's node.
+fn check_node(
+    what: impl Fn() -> String,
+    node: &str,
+    identity: Option<&NodeIdentity>,
+) -> Result<(), IngestError> {
+    if node.is_empty() {
+        return Err(IngestError::MissingNode { what: what() });
+    }
+    if node.len() > MAX_NODE_BYTES {
+        return Err(IngestError::NodeTooLong {
+            what: what(),
+            len: node.len(),
+        });
+    }
+    match identity {
+        Some(identity) if !identity.allows(node) => Err(IngestError::WrongNode {
+            what: what(),
+            claimed: node.to_owned(),
+            bound: identity.node().to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a whole batch and converts its records; nothing of a bad batch is kept. With an
+/// `identity` (mTLS), the batch and each of its records must name that identity's node.
+pub fn validate(
+    batch: Batch,
+    identity: Option<&NodeIdentity>,
+) -> Result<(String, Vec<Record>), IngestError> {
     if batch.protocol_version != PROTOCOL_VERSION {
         return Err(IngestError::Version {
             sequence: batch.sequence,
             got: batch.protocol_version,
         });
     }
-    if batch.node.is_empty() {
-        return Err(IngestError::MissingNode {
-            what: format!("batch {}", batch.sequence),
-        });
-    }
+    check_node(
+        || format!("batch {}", batch.sequence),
+        &batch.node,
+        identity,
+    )?;
     if batch.records.len() > MAX_BATCH_RECORDS {
         return Err(IngestError::TooManyRecords {
             sequence: batch.sequence,
@@ -88,7 +142,23 @@ pub fn validate(batch: Batch) -> Result<(String, Vec<Record>), IngestError> {
     let mut records = Vec::with_capacity(batch.records.len());
     for (index, record) in batch.records.into_iter().enumerate() {
         match Record::try_from(record) {
-            Ok(r) => records.push(r),
+            Ok(r) => {
+                let claimed = match &r {
+                    Record::Connection(_) => None,
+                    Record::MeshFlow(f) => Some(&f.node),
+                    Record::Request(r) => Some(&r.node),
+                };
+                if let (Some(identity), Some(claimed)) = (identity, claimed)
+                    && !identity.allows(claimed)
+                {
+                    return Err(IngestError::WrongNode {
+                        what: format!("batch {}: record {index}", batch.sequence),
+                        claimed: claimed.clone(),
+                        bound: identity.node().to_owned(),
+                    });
+                }
+                records.push(r);
+            }
             Err(source) => {
                 return Err(IngestError::Record {
                     sequence: batch.sequence,
@@ -100,6 +170,34 @@ pub fn validate(batch: Batch) -> Result<(String, Vec<Record>), IngestError> {
         }
     }
     Ok((batch.node, records))
+}
+
+/// Checks a heartbeat and caps its strings (a broken agent's version string, program
+/// names or drop counter names are no reason to refuse its counters).
+fn heartbeat(
+    mut heartbeat: Heartbeat,
+    identity: Option<&NodeIdentity>,
+) -> Result<Heartbeat, IngestError> {
+    if heartbeat.protocol_version != PROTOCOL_VERSION {
+        return Err(IngestError::Version {
+            sequence: 0,
+            got: heartbeat.protocol_version,
+        });
+    }
+    check_node(|| "heartbeat".to_owned(), &heartbeat.node, identity)?;
+    heartbeat.agent_version = capped(heartbeat.agent_version);
+    heartbeat.kernel_release = capped(heartbeat.kernel_release);
+    heartbeat.attached_programs = heartbeat
+        .attached_programs
+        .into_iter()
+        .map(capped)
+        .collect();
+    heartbeat.drop_counters = heartbeat
+        .drop_counters
+        .into_iter()
+        .map(|(name, count)| (capped(name), count))
+        .collect();
+    Ok(heartbeat)
 }
 
 pub struct IngestService {
@@ -117,15 +215,30 @@ impl IngestService {
             .max_decoding_message_size(nephilia_proto::MAX_MESSAGE_BYTES)
     }
 
+    /// Counts and logs a refused message (or certificate); the status ends the stream.
+    /// Every value an error shows is short (capped or excerpted), so neither the status
+    /// nor the log line carries what a hostile agent stuffed into a field.
+    fn reject(&self, e: IngestError, identity: Option<&NodeIdentity>) -> Status {
+        self.state.store().reject(e.reason());
+        match identity {
+            Some(identity) => {
+                tracing::warn!(error = %e, certificate_node = identity.node(), "rejected agent message");
+            }
+            None => tracing::warn!(error = %e, "rejected agent message"),
+        }
+        e.into()
+    }
+
     fn handle(
         &self,
         message: AgentMessage,
+        identity: Option<&NodeIdentity>,
         summary: &mut ReportSummary,
     ) -> Result<(), IngestError> {
         match message.body.ok_or(IngestError::EmptyMessage)? {
             agent_message::Body::Batch(batch) => {
                 let sequence = batch.sequence;
-                let (node, records) = validate(batch)?;
+                let (node, records) = validate(batch, identity)?;
                 let count = records.len() as u64;
                 let now = self.state.now_ns();
                 self.state.store().ingest(&node, records, now);
@@ -133,18 +246,8 @@ impl IngestService {
                 summary.records_accepted += count;
                 summary.last_sequence = sequence;
             }
-            agent_message::Body::Heartbeat(heartbeat) => {
-                if heartbeat.protocol_version != PROTOCOL_VERSION {
-                    return Err(IngestError::Version {
-                        sequence: 0,
-                        got: heartbeat.protocol_version,
-                    });
-                }
-                if heartbeat.node.is_empty() {
-                    return Err(IngestError::MissingNode {
-                        what: "heartbeat".into(),
-                    });
-                }
+            agent_message::Body::Heartbeat(message) => {
+                let heartbeat = heartbeat(message, identity)?;
                 let now = self.state.now_ns();
                 self.state.store().heartbeat(heartbeat, now);
                 summary.heartbeats += 1;
@@ -160,6 +263,19 @@ impl nephilia_proto::Ingest for IngestService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<ReportSummary>, Status> {
+        // With mTLS the client had to present a certificate our CA signed; its leaf names
+        // the one node this stream may report for. Without TLS there is no identity.
+        let identity = request
+            .peer_certs()
+            .map(|chain| match chain.first() {
+                Some(leaf) => NodeIdentity::from_certificate(leaf),
+                None => Err(IdentityError::NoNodeName),
+            })
+            .transpose();
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(e) => return Err(self.reject(e.into(), None)),
+        };
         let mut stream = request.into_inner();
         let mut summary = ReportSummary::default();
         loop {
@@ -185,10 +301,8 @@ impl nephilia_proto::Ingest for IngestService {
                     return Err(status);
                 }
             };
-            if let Err(e) = self.handle(message, &mut summary) {
-                self.state.store().reject(e.reason());
-                tracing::warn!(error = %e, "rejected agent message");
-                return Err(e.into());
+            if let Err(e) = self.handle(message, identity.as_ref(), &mut summary) {
+                return Err(self.reject(e, identity.as_ref()));
             }
         }
         Ok(Response::new(summary))

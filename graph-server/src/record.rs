@@ -18,13 +18,16 @@ pub enum RecordError {
         record: &'static str,
         field: &'static str,
     },
-    /// An address field was not "ip:port".
-    #[error("{record}.{field} is not \"ip:port\": {value:?}")]
+    /// An address field was not "ip:port". `value` is an [`excerpt`] of what was sent.
+    #[error("{record}.{field} is not \"ip:port\": {value}")]
     BadAddress {
         record: &'static str,
         field: &'static str,
         value: String,
     },
+    /// `node` was longer than [`MAX_NODE_BYTES`]; not shown, only its length.
+    #[error("{record}.node is {len} bytes long, at most {MAX_NODE_BYTES} are accepted")]
+    NodeTooLong { record: &'static str, len: usize },
     /// `end_ns` lies before `start_ns`.
     #[error("{record}.end_ns ({end_ns}) is before start_ns ({start_ns})")]
     EndBeforeStart {
@@ -42,6 +45,58 @@ pub enum RecordError {
 }
 
 type Result<T, E = RecordError> = std::result::Result<T, E>;
+
+/// Longest string field kept (2 KiB), as the agent's L7 parser keeps at most that much of
+/// a path, authority or grpc-message (`nephilia_l7::ParserLimits::max_field_bytes`). A
+/// longer value, from a broken or hostile agent, is cut at a character boundary rather
+/// than held whole in every store that shares the record.
+pub const MAX_FIELD_BYTES: usize = 2048;
+
+/// Longest node name accepted: a Kubernetes node name is a DNS subdomain (RFC 1123), at
+/// most 253 characters. Node names key per-node state and appear in statuses and logs, so
+/// a longer one is refused rather than cut (two cut names could collide).
+pub const MAX_NODE_BYTES: usize = 253;
+
+/// Bytes of a refused value an error shows: enough to recognise it, never the megabytes a
+/// hostile agent may send into a gRPC status or a log line.
+const EXCERPT_BYTES: usize = 64;
+
+/// `value` cut to [`MAX_FIELD_BYTES`] at a character boundary, its spare capacity freed.
+pub fn capped(mut value: String) -> String {
+    if value.len() > MAX_FIELD_BYTES {
+        value.truncate(value.floor_char_boundary(MAX_FIELD_BYTES));
+        value.shrink_to_fit();
+    }
+    value
+}
+
+/// `value` quoted for an error message: whole when short, else its first
+/// [`EXCERPT_BYTES`] and its length (`"xxxx…" (5242880 bytes)`).
+pub fn excerpt(value: &str) -> String {
+    if value.len() <= EXCERPT_BYTES {
+        format!("{value:?}")
+    } else {
+        let head = &value[..value.floor_char_boundary(EXCERPT_BYTES)];
+        format!("\"{}…\" ({} bytes)", head.escape_debug(), value.len())
+    }
+}
+
+/// Refuses a `node` longer than [`MAX_NODE_BYTES`].
+fn node(record: &'static str, value: String) -> Result<String> {
+    if value.is_empty() {
+        return Err(RecordError::Missing {
+            record,
+            field: "node",
+        });
+    }
+    if value.len() > MAX_NODE_BYTES {
+        return Err(RecordError::NodeTooLong {
+            record,
+            len: value.len(),
+        });
+    }
+    Ok(value)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -348,7 +403,7 @@ fn address(record: &'static str, field: &'static str, value: String) -> Result<S
         Err(RecordError::BadAddress {
             record,
             field,
-            value,
+            value: excerpt(&value),
         })
     }
 }
@@ -373,13 +428,13 @@ fn times(record: &'static str, start_ns: u64, end_ns: Option<u64>) -> Result<()>
 fn peer(peer: Option<v1::Peer>) -> Peer {
     let p = peer.unwrap_or_default();
     Peer {
-        workload: p.workload,
-        namespace: p.namespace,
-        service_account: p.service_account,
-        identity: p.identity,
-        pod: p.pod,
-        ip: p.ip,
-        service: p.service,
+        workload: capped(p.workload),
+        namespace: capped(p.namespace),
+        service_account: capped(p.service_account),
+        identity: capped(p.identity),
+        pod: capped(p.pod),
+        ip: capped(p.ip),
+        service: capped(p.service),
         port: p.port,
     }
 }
@@ -416,7 +471,7 @@ impl TryFrom<v1::Connection> for Connection {
             end_ns: c.end_ns,
             netns: c.netns,
             pid: c.pid,
-            comm: c.comm,
+            comm: capped(c.comm),
             role: role(R, "role", c.role)?,
             local: address(R, "local", c.local)?,
             remote: address(R, "remote", c.remote)?,
@@ -431,7 +486,7 @@ impl TryFrom<v1::Connection> for Connection {
             resets_sent: c.resets_sent,
             resets_received: c.resets_received,
             mark: c.mark,
-            error: c.error,
+            error: c.error.map(capped),
             cookie: c.cookie,
         })
     }
@@ -466,12 +521,7 @@ impl TryFrom<v1::MeshFlow> for MeshFlow {
                 },
             });
         }
-        if f.node.is_empty() {
-            return Err(RecordError::Missing {
-                record: R,
-                field: "node",
-            });
-        }
+        let node = node(R, f.node)?;
         Ok(Self {
             start_ns: f.start_ns,
             end_ns: f.end_ns,
@@ -490,7 +540,7 @@ impl TryFrom<v1::MeshFlow> for MeshFlow {
             bytes_sent_delta: f.bytes_sent_delta,
             bytes_received_delta: f.bytes_received_delta,
             outcome,
-            node: f.node,
+            node,
         })
     }
 }
@@ -525,35 +575,30 @@ impl TryFrom<v1::Request> for Request {
                 field: "method",
             });
         }
-        if r.node.is_empty() {
-            return Err(RecordError::Missing {
-                record: R,
-                field: "node",
-            });
-        }
+        let node = node(R, r.node)?;
         Ok(Self {
             side: role(R, "side", r.side)?,
             protocol,
-            method: r.method,
-            path: r.path,
-            authority: r.authority,
+            method: capped(r.method),
+            path: capped(r.path),
+            authority: capped(r.authority),
             status: r.status,
             grpc_status: r.grpc_status,
-            grpc_message: r.grpc_message,
+            grpc_message: r.grpc_message.map(capped),
             start_ns: r.start_ns,
             end_ns: r.end_ns,
             latency_us: r.latency_us,
             request_bytes: r.request_bytes,
             response_bytes: r.response_bytes,
-            trace_id: r.trace_id.filter(|id| !id.is_empty()),
-            span_id: r.span_id.filter(|id| !id.is_empty()),
-            parent_span_id: r.parent_span_id.filter(|id| !id.is_empty()),
+            trace_id: r.trace_id.filter(|id| !id.is_empty()).map(capped),
+            span_id: r.span_id.filter(|id| !id.is_empty()).map(capped),
+            parent_span_id: r.parent_span_id.filter(|id| !id.is_empty()).map(capped),
             source: required_peer(R, "source", r.source)?,
             destination: required_peer(R, "destination", r.destination)?,
             local: address(R, "local", r.local)?,
             remote: address(R, "remote", r.remote)?,
             pid: r.pid,
-            node: r.node,
+            node,
         })
     }
 }
@@ -604,6 +649,60 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "connection.local is not \"ip:port\": \"10.0.0.1\""
+        );
+    }
+
+    #[test]
+    fn long_strings_are_cut_at_a_character_boundary_and_excerpted_in_errors() {
+        let long = "é".repeat(MAX_FIELD_BYTES); // 2 bytes each
+        let cut = capped(long);
+        assert_eq!(
+            (cut.len(), cut.capacity()),
+            (MAX_FIELD_BYTES, MAX_FIELD_BYTES)
+        );
+        let odd = format!("x{}", "é".repeat(MAX_FIELD_BYTES));
+        assert_eq!(capped(odd).len(), MAX_FIELD_BYTES - 1);
+        assert_eq!(capped("short".into()), "short");
+
+        assert_eq!(excerpt("10.0.0.1"), "\"10.0.0.1\"");
+        let huge = "y".repeat(3 << 20);
+        assert_eq!(
+            excerpt(&huge),
+            format!("\"{}…\" (3145728 bytes)", "y".repeat(EXCERPT_BYTES))
+        );
+    }
+
+    #[test]
+    fn a_node_name_longer_than_a_kubernetes_one_is_refused_without_echoing_it() {
+        let flow = |node: String| v1::MeshFlow {
+            start_ns: 10,
+            end_ns: Some(20),
+            side: v1::Role::Client as i32,
+            source: Some(v1::Peer {
+                ip: "10.0.0.1".into(),
+                ..Default::default()
+            }),
+            destination: Some(v1::Peer {
+                ip: "10.0.0.2".into(),
+                ..Default::default()
+            }),
+            original_destination: "10.0.0.2:80".into(),
+            path: v1::MeshPath::Hbone as i32,
+            outcome: v1::Outcome::Closed as i32,
+            node,
+            ..Default::default()
+        };
+        assert_eq!(
+            MeshFlow::try_from(flow("n".repeat(MAX_NODE_BYTES)))
+                .unwrap()
+                .node
+                .len(),
+            MAX_NODE_BYTES
+        );
+        let err = MeshFlow::try_from(flow("n".repeat(2 << 20))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "mesh_flow.node is 2097152 bytes long, at most 253 are accepted"
         );
     }
 }

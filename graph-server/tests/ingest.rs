@@ -241,12 +241,38 @@ async fn wrong_version_too_many_records_and_oversized_messages_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+/// A certificate the test CA signs for an agent, naming its node as its DNS names (and
+/// `common_name` as its subject CN, if given).
+fn agent_certificate(pki: &Pki, dns_names: &[&str], common_name: Option<&str>) -> (String, String) {
+    let names = dns_names
+        .iter()
+        .map(|n| (*n).to_owned())
+        .collect::<Vec<_>>();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(cn) = common_name {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.ca).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A server with mTLS on ingest (`--tls-cert`, `--tls-key`, `--tls-ca` as `nephilia-server`
+/// takes them); the temporary directory holding its files lives as long as it.
+struct TlsServer {
+    state: Arc<AppState>,
+    port: u16,
+    pki: Pki,
+    _dir: support::TempDir,
+}
+
+async fn tls_server(name: &str) -> TlsServer {
     let pki = Pki::new("nephilia test CA");
     let (server_cert, server_key) = pki.leaf();
-    let dir = tempdir("nephilia-tls");
+    let dir = tempdir(name);
     let write = |name: &str, pem: &str| {
         let path = dir.join(name);
         std::fs::write(&path, pem).unwrap();
@@ -264,45 +290,305 @@ async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
     let state = nephilia_graph_server::server::state(&args).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(serve_grpc(listener, state, tls, std::future::pending()));
+    tokio::spawn(serve_grpc(
+        listener,
+        state.clone(),
+        tls,
+        std::future::pending(),
+    ));
+    TlsServer {
+        state,
+        port,
+        pki,
+        _dir: dir,
+    }
+}
 
-    let connect = |identity: Option<(String, String)>| {
+/// Why a report over TLS failed: the handshake (no status) or the server's status.
+#[derive(Debug)]
+enum TlsReportError {
+    Connect(tonic::transport::Error),
+    Status(tonic::Status),
+}
+
+impl TlsReportError {
+    fn status(self) -> tonic::Status {
+        match self {
+            Self::Status(status) => status,
+            Self::Connect(e) => panic!("expected a status, the connection failed: {e}"),
+        }
+    }
+}
+
+impl TlsServer {
+    /// One `Report` stream with `identity` as the client certificate.
+    async fn report(
+        &self,
+        identity: Option<(String, String)>,
+        messages: Vec<AgentMessage>,
+    ) -> Result<nephilia_proto::v1::ReportSummary, TlsReportError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
         let mut config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(pki.ca.pem()))
+            .ca_certificate(Certificate::from_pem(self.pki.ca.pem()))
             .domain_name("localhost");
         if let Some((cert, key)) = identity {
             config = config.identity(Identity::from_pem(cert, key));
         }
-        let endpoint = Endpoint::from_shared(format!("https://localhost:{port}"))
+        let channel = Endpoint::from_shared(format!("https://localhost:{}", self.port))
             .unwrap()
             .tls_config(config)
-            .unwrap();
-        async move {
-            let channel = endpoint.connect().await?;
-            let mut client = IngestClient::new(channel);
-            let messages = vec![AgentMessage::heartbeat(Heartbeat {
-                node: "node-a".into(),
-                ..Heartbeat::current()
-            })];
-            Ok::<_, Box<dyn std::error::Error>>(
-                client
-                    .report(tokio_stream::iter(messages))
-                    .await?
-                    .into_inner(),
-            )
-        }
-    };
-    let summary = connect(Some(pki.leaf()))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(TlsReportError::Connect)?;
+        IngestClient::new(channel)
+            .report(tokio_stream::iter(messages))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(TlsReportError::Status)
+    }
+}
+
+fn heartbeat(node: &str) -> AgentMessage {
+    AgentMessage::heartbeat(Heartbeat {
+        node: node.into(),
+        ..Heartbeat::current()
+    })
+}
+
+#[tokio::test]
+async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
+    let server = tls_server("nephilia-tls-ca").await;
+    let node_a = agent_certificate(&server.pki, &["node-a"], None);
+    let summary = server
+        .report(Some(node_a), vec![heartbeat("node-a")])
         .await
         .expect("a client the CA signed");
     assert_eq!(summary.heartbeats, 1);
     assert!(
-        connect(None).await.is_err(),
+        server
+            .report(None, vec![heartbeat("node-a")])
+            .await
+            .is_err(),
         "a client without a certificate"
     );
     let stranger = Pki::new("another CA");
     assert!(
-        connect(Some(stranger.leaf())).await.is_err(),
+        server
+            .report(
+                Some(agent_certificate(&stranger, &["node-a"], None)),
+                vec![heartbeat("node-a")]
+            )
+            .await
+            .is_err(),
         "a client another CA signed"
     );
+}
+
+#[tokio::test]
+async fn with_mtls_a_stream_reports_only_for_the_node_its_certificate_names() {
+    let server = tls_server("nephilia-tls-node").await;
+    let node_a = || Some(agent_certificate(&server.pki, &["node-a"], None));
+    let bound = "but this stream's client certificate is for node \"node-a\"";
+
+    // node-a's key naming node-b: the batch, a record in node-a's own batch, a heartbeat.
+    let status = server
+        .report(
+            node_a(),
+            vec![AgentMessage::batch("node-b", 1, vec![good_request(0)])],
+        )
+        .await
+        .unwrap_err()
+        .status();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        format!("batch 1 names node \"node-b\", {bound}")
+    );
+
+    let mut foreign = good_request(1);
+    if let Some(nephilia_proto::v1::record::Kind::Request(r)) = &mut foreign.kind {
+        r.node = "node-b".into();
+    }
+    let status = server
+        .report(
+            node_a(),
+            vec![AgentMessage::batch("node-a", 2, vec![good_flow(), foreign])],
+        )
+        .await
+        .unwrap_err()
+        .status();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        format!("batch 2: record 1 names node \"node-b\", {bound}")
+    );
+
+    let status = server
+        .report(node_a(), vec![heartbeat("node-b")])
+        .await
+        .unwrap_err()
+        .status();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        format!("heartbeat names node \"node-b\", {bound}")
+    );
+    {
+        let store = server.state.store();
+        assert_eq!(
+            (store.counters.batches, store.counters.heartbeats),
+            (0, 0),
+            "nothing of a refused message is kept"
+        );
+        assert_eq!((store.counters.requests, store.counters.mesh_flows), (0, 0));
+        assert!(store.agents.is_empty());
+        assert_eq!(store.counters.rejected.get("permission_denied"), Some(&3));
+    }
+
+    // The certificate of the old layout, one key for the server and every agent, names
+    // no single node; a certificate naming none is refused as well.
+    let shared = agent_certificate(
+        &server.pki,
+        &["node-a", "nephilia-server.nephilia-system.svc"],
+        None,
+    );
+    let status = server
+        .report(Some(shared), vec![heartbeat("node-a")])
+        .await
+        .unwrap_err()
+        .status();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "the client certificate names 2 DNS names (\"node-a\", \"nephilia-server.nephilia-system.svc\"); an agent's certificate names exactly its node"
+    );
+
+    // Naming its own node, the same key is served; a certificate without DNS names names
+    // its node by its common name.
+    let summary = server
+        .report(
+            node_a(),
+            vec![
+                heartbeat("node-a"),
+                AgentMessage::batch("node-a", 3, vec![good_request(2), good_flow()]),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            summary.batches_accepted,
+            summary.records_accepted,
+            summary.heartbeats
+        ),
+        (1, 2, 1)
+    );
+    let by_common_name = agent_certificate(&server.pki, &[], Some("node-c"));
+    let summary = server
+        .report(Some(by_common_name), vec![heartbeat("node-c")])
+        .await
+        .unwrap();
+    assert_eq!(summary.heartbeats, 1);
+    let store = server.state.store();
+    assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
+    assert_eq!(
+        store.agents.keys().collect::<Vec<_>>(),
+        ["node-a", "node-c"]
+    );
+    assert_eq!(store.counters.rejected.get("permission_denied"), Some(&4));
+}
+
+#[tokio::test]
+async fn multi_mib_strings_are_capped_or_refused_and_never_echoed() {
+    use nephilia_graph_server::flows::FlowFilter;
+    use nephilia_graph_server::record::{MAX_FIELD_BYTES, Record as Stored};
+    let server = server().await;
+    let three_mib = 3 << 20;
+    let long = || "x".repeat(three_mib);
+
+    // A path is kept cut to 2 KiB, as the agent cuts it; so is a heartbeat's version.
+    let mut request = good_request(0);
+    if let Some(nephilia_proto::v1::record::Kind::Request(r)) = &mut request.kind {
+        r.path = format!("/{}", long());
+    }
+    let summary = report(
+        &server.url,
+        vec![
+            AgentMessage::heartbeat(Heartbeat {
+                node: "node-a".into(),
+                agent_version: long(),
+                ..Heartbeat::current()
+            }),
+            AgentMessage::batch("node-a", 1, vec![request]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((summary.batches_accepted, summary.records_accepted), (1, 1));
+    {
+        let store = server.state.store();
+        assert_eq!(store.agents["node-a"].agent_version.len(), MAX_FIELD_BYTES);
+        let all = FlowFilter {
+            until_ns: u64::MAX,
+            limit: 10,
+            ..FlowFilter::default()
+        };
+        let stored = store.flows.query(&all);
+        let [Stored::Request(r)] = stored.as_slice() else {
+            panic!("one request stored: {stored:?}")
+        };
+        assert_eq!(r.path.len(), MAX_FIELD_BYTES);
+    }
+
+    // An address or a node name that long is refused; the status names the field and its
+    // length, not the value.
+    let mut request = good_request(1);
+    if let Some(nephilia_proto::v1::record::Kind::Request(r)) = &mut request.kind {
+        r.local = long();
+    }
+    let status = report(
+        &server.url,
+        vec![AgentMessage::batch("node-a", 2, vec![request])],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        format!(
+            "batch 2 from node-a: record 0: request.local is not \"ip:port\": \"{}…\" (3145728 bytes)",
+            "x".repeat(64)
+        )
+    );
+    assert_eq!(status.message().len(), 148);
+
+    let status = report(
+        &server.url,
+        vec![AgentMessage::batch(long(), 3, vec![good_request(2)])],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "batch 3: node is 3145728 bytes long, at most 253 are accepted"
+    );
+    let status = report(
+        &server.url,
+        vec![AgentMessage::heartbeat(Heartbeat {
+            node: long(),
+            ..Heartbeat::current()
+        })],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        status.message(),
+        "heartbeat: node is 3145728 bytes long, at most 253 are accepted"
+    );
+    let store = server.state.store();
+    assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
+    assert_eq!(store.counters.rejected.get("malformed"), Some(&3));
+    assert_eq!(store.agents.len(), 1);
 }
