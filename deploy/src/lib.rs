@@ -8,3 +8,7 @@ pub const CHART_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/nephilia"
 
 /// Directory of the `kubectl apply -k` manifests (the chart rendered with default values).
 pub const KUSTOMIZE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/kustomize");
+
+/// The script that issues the mTLS certificates without cert-manager.
+pub const ISSUE_CERTIFICATES: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tls/issue-certificates.sh");

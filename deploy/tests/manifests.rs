@@ -13,7 +13,7 @@ use std::{
 };
 
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use nephilia_deploy_tests::{CHART_DIR, KUSTOMIZE_DIR};
+use nephilia_deploy_tests::{CHART_DIR, ISSUE_CERTIFICATES, KUSTOMIZE_DIR};
 
 use helm_template::render_chart;
 use manifest_set::*;
@@ -557,7 +557,7 @@ fn agent_streams_to_the_server_service_grpc_port() {
 }
 
 #[test]
-fn tls_mounts_one_secret_into_both_and_passes_the_flags() {
+fn tls_passes_the_flags_and_mounts_the_server_its_secret_and_each_agent_its_own_node_certificate() {
     for (variant, manifests, enabled) in [
         ("default values", chart_manifests(&[]), false),
         ("tls and api token", chart_manifests(&every_option()), true),
@@ -572,15 +572,10 @@ fn tls_mounts_one_secret_into_both_and_passes_the_flags() {
                 .iter()
                 .map(|f| flag(&args, f))
                 .collect();
-            let secret_volumes: Vec<_> = spec
-                .volumes
-                .iter()
-                .flatten()
-                .filter(|v| v.secret.is_some())
-                .collect();
+            let tls_volume = spec.volumes.iter().flatten().find(|v| v.name == "tls");
             if !enabled {
                 assert_eq!(files, [None, None, None], "{variant}: {}", container.name);
-                assert!(secret_volumes.is_empty(), "{variant}: {}", container.name);
+                assert!(tls_volume.is_none(), "{variant}: {}", container.name);
                 continue;
             }
             assert_eq!(
@@ -593,26 +588,269 @@ fn tls_mounts_one_secret_into_both_and_passes_the_flags() {
                 "{variant}: {}",
                 container.name
             );
-            assert_eq!(secret_volumes.len(), 1, "{variant}");
-            let volume = secret_volumes[0];
-            assert_eq!(
-                volume
-                    .secret
-                    .as_ref()
-                    .and_then(|s| s.secret_name.as_deref()),
-                Some("agent-server-mtls"),
-                "{variant}: the secret named in values"
-            );
+            let volume = tls_volume.expect("a tls volume");
             let mount = container
                 .volume_mounts
                 .iter()
                 .flatten()
                 .find(|m| m.name == volume.name)
-                .expect("the secret is mounted");
+                .expect("the tls volume is mounted");
             assert_eq!(mount.mount_path, "/etc/nephilia/tls", "{variant}");
             assert_eq!(mount.read_only, Some(true), "{variant}");
+            if container.name == "server" {
+                assert_eq!(
+                    volume
+                        .secret
+                        .as_ref()
+                        .and_then(|s| s.secret_name.as_deref()),
+                    Some("agent-server-mtls"),
+                    "{variant}: the server's secret named in values"
+                );
+                assert_eq!(mount.sub_path_expr, None);
+                continue;
+            }
+            // The agent: one directory per listed node, each from that node's secret, and
+            // the mount shows the agent only its own node's (NODE_NAME is spec.nodeName).
+            assert!(volume.secret.is_none(), "{variant}: no shared agent secret");
+            let sources: Vec<(String, Vec<(String, String)>)> = volume
+                .projected
+                .as_ref()
+                .and_then(|p| p.sources.as_ref())
+                .expect("a projected volume")
+                .iter()
+                .map(|source| {
+                    let secret = source.secret.as_ref().expect("secret sources only");
+                    let items = secret
+                        .items
+                        .iter()
+                        .flatten()
+                        .map(|i| (i.key.clone(), i.path.clone()))
+                        .collect();
+                    (secret.name.clone(), items)
+                })
+                .collect();
+            let expected: Vec<(String, Vec<(String, String)>)> = AGENT_NODES
+                .iter()
+                .map(|node| {
+                    let items = ["tls.crt", "tls.key", "ca.crt"]
+                        .iter()
+                        .map(|key| ((*key).to_owned(), format!("{node}/{key}")))
+                        .collect();
+                    (format!("nephilia-agent-{node}"), items)
+                })
+                .collect();
+            assert_eq!(sources, expected, "{variant}");
+            assert_eq!(
+                mount.sub_path_expr.as_deref(),
+                Some("$(NODE_NAME)"),
+                "{variant}"
+            );
+            assert!(
+                container
+                    .env
+                    .iter()
+                    .flatten()
+                    .any(|e| e.name == "NODE_NAME"),
+                "{variant}: $(NODE_NAME) is defined"
+            );
         }
     }
+}
+
+#[test]
+fn cert_manager_issues_the_server_and_each_listed_node_a_certificate_of_its_own() {
+    const CERT_MANAGER: &[&str] = &["cert-manager.io/v1"];
+    // No cert-manager in the cluster (or no issuer named): the secrets come from
+    // deploy/tls/issue-certificates.sh and the chart renders no Certificate.
+    assert!(certificates(&chart_manifests(&every_option())).is_empty());
+    let mut no_issuer = every_option();
+    no_issuer.push(("tls.issuer.name", serde_json::json!("")));
+    assert!(certificates(&chart_manifests_for(&no_issuer, CERT_MANAGER)).is_empty());
+    assert!(certificates(&chart_manifests_for(&[], CERT_MANAGER)).is_empty());
+
+    let manifests = chart_manifests_for(&every_option(), CERT_MANAGER);
+    // (name, secret, common name, DNS names, usages) of each Certificate.
+    type Issued<'a> = (&'a str, &'a str, &'a str, Vec<&'a str>, Vec<&'a str>);
+    let issued: Vec<Issued<'_>> = certificates(&manifests)
+        .iter()
+        .map(|c| {
+            assert_eq!(c.metadata.namespace.as_deref(), Some(NAMESPACE));
+            assert_eq!(
+                (
+                    c.spec.issuer_ref.name.as_str(),
+                    c.spec.issuer_ref.kind.as_str(),
+                    c.spec.issuer_ref.group.as_str()
+                ),
+                ("nephilia-ca", "Issuer", "cert-manager.io")
+            );
+            (
+                c.metadata.name.as_deref().expect("name"),
+                c.spec.secret_name.as_str(),
+                c.spec.common_name.as_str(),
+                c.spec.dns_names.iter().map(String::as_str).collect(),
+                c.spec.usages.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let agent = |node: &'static str, secret: &'static str| {
+        (
+            secret,
+            secret,
+            node,
+            vec![node],
+            vec!["digital signature", "key encipherment", "client auth"],
+        )
+    };
+    assert_eq!(
+        issued,
+        [
+            (
+                "nephilia-server",
+                "agent-server-mtls",
+                "nephilia-server.nephilia-system.svc",
+                vec!["nephilia-server.nephilia-system.svc"],
+                vec!["digital signature", "key encipherment", "server auth"]
+            ),
+            agent("node-a", "nephilia-agent-node-a"),
+            agent(
+                "worker-1.example.internal",
+                "nephilia-agent-worker-1.example.internal"
+            ),
+        ]
+    );
+    // The secrets issued are the ones the pods mount.
+    let spec = pod_spec_of_daemon_set(&manifests);
+    let mounted: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.secret.as_ref().map(|s| s.name.as_str()))
+        .collect();
+    assert_eq!(mounted, issued[1..].iter().map(|c| c.1).collect::<Vec<_>>());
+}
+
+#[test]
+#[should_panic(expected = "tls.enabled needs tls.agentNodes")]
+fn tls_without_the_list_of_nodes_is_refused_at_render() {
+    chart_manifests(&[("tls.enabled", serde_json::json!(true))]);
+}
+
+/// `openssl` with `args`, its standard output; the script's one prerequisite.
+fn openssl(args: &[&str]) -> String {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl (the script needs it too): {e}"));
+    assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[test]
+fn the_certificate_script_issues_one_certificate_per_node_into_the_secrets_the_chart_mounts() {
+    let dir = std::env::temp_dir().join(format!(
+        "nephilia-issue-certificates-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    let run = |nodes: &[&str]| {
+        let output = std::process::Command::new(ISSUE_CERTIFICATES)
+            .arg("-d")
+            .arg(&dir)
+            .args(nodes)
+            .output()
+            .expect("running deploy/tls/issue-certificates.sh");
+        assert!(output.status.success(), "{output:?}");
+        let path = dir.join("secrets.yaml");
+        parse_documents(
+            &fs::read_to_string(&path).expect("secrets.yaml"),
+            "secrets.yaml",
+        )
+    };
+    let secrets = run(&AGENT_NODES);
+    let names: Vec<&str> = secrets.iter().map(Manifest::name).collect();
+    assert_eq!(
+        names,
+        [
+            "nephilia-tls",
+            "nephilia-agent-node-a",
+            "nephilia-agent-worker-1.example.internal"
+        ]
+    );
+    for m in &secrets {
+        let Object::Secret(secret) = &m.object else {
+            panic!("{}: not a Secret", m.name());
+        };
+        assert_eq!(secret.metadata.namespace.as_deref(), Some(NAMESPACE));
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        let keys: Vec<&str> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"], "{}", m.name());
+    }
+    // The secrets are the chart's: the server's default secret, the agents' mounted ones.
+    let chart = chart_manifests(&[
+        ("tls.enabled", serde_json::json!(true)),
+        ("tls.agentNodes", serde_json::json!(AGENT_NODES)),
+    ]);
+    let server_secret = pod_spec_of_deployment(&chart)
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.secret.as_ref()?.secret_name.as_deref());
+    let agent_secrets: Vec<&str> = pod_spec_of_daemon_set(&chart)
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.secret.as_ref().map(|s| s.name.as_str()))
+        .collect();
+    assert_eq!(server_secret, Some(names[0]));
+    assert_eq!(agent_secrets, names[1..]);
+
+    // Each agent's certificate names its node, and only it, for client auth.
+    let ca = dir.join("ca.crt");
+    let ca = ca.to_str().expect("UTF-8 path");
+    for node in AGENT_NODES {
+        let cert = dir.join(format!("agent-{node}.crt"));
+        let cert = cert.to_str().expect("UTF-8 path");
+        assert_eq!(
+            openssl(&["verify", "-CAfile", ca, cert]),
+            format!("{cert}: OK\n")
+        );
+        assert_eq!(
+            openssl(&[
+                "x509",
+                "-in",
+                cert,
+                "-noout",
+                "-subject",
+                "-ext",
+                "subjectAltName,extendedKeyUsage"
+            ]),
+            format!(
+                "subject=CN = {node}\nX509v3 Subject Alternative Name: \n    DNS:{node}\nX509v3 Extended Key Usage: \n    TLS Web Client Authentication\n"
+            )
+        );
+    }
+    // A node added later gets its certificate from the same CA.
+    let ca_before = fs::read(dir.join("ca.crt")).expect("ca.crt");
+    let secrets = run(&["node-a", "node-new"]);
+    assert_eq!(fs::read(dir.join("ca.crt")).expect("ca.crt"), ca_before);
+    assert_eq!(
+        secrets.iter().map(Manifest::name).collect::<Vec<_>>(),
+        [
+            "nephilia-tls",
+            "nephilia-agent-node-a",
+            "nephilia-agent-node-new"
+        ]
+    );
+    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]

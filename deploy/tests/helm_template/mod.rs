@@ -4,14 +4,19 @@
 //!
 //! Supported, with Go `text/template` semantics: text and `{{ … }}` actions with `{{-` /
 //! `-}}` whitespace trimming; `{{/* comments */}}`; `define` / `include`; `if` / `else` /
-//! `end` with Go truthiness; field chains from `.` (`.Values.a.b`, `.Release.Name`,
-//! `.Chart.AppVersion`); string and integer literals; pipelines with `quote`, `default`,
-//! `toYaml`, `indent` and `nindent` (as Helm's sprig functions define them; `toYaml` may
-//! quote or order keys differently from Helm's, with the same YAML meaning, and the tests
-//! compare parsed objects, not bytes). Anything else (`range`, `with`, `else if`,
-//! variables, parentheses, other functions) panics with the construct's name instead of rendering something Helm would not, so the chart cannot
+//! `end` with Go truthiness; `range $var := <list>` / `end` over a list (`.` and `$var`
+//! are the element, `$` stays the root); field chains from `.` or a variable
+//! (`.Values.a.b`, `$.Release.Name`, `$node`); `.Capabilities.APIVersions.Has "group/v"`
+//! (the API versions the render is given, as `helm template --api-versions`); string and
+//! integer literals; pipelines with `quote`, `default`, `not`, `fail`, `toYaml`, `indent`
+//! and `nindent` (as Helm's sprig functions define them; `toYaml` may quote or order keys
+//! differently from Helm's, with the same YAML meaning, and the tests compare parsed
+//! objects, not bytes). Anything else (`with`, `else if`, `range` over a map, `else` in a
+//! `range`, assigning variables outside `range`, parentheses, other functions) panics with
+//! the construct's name instead of rendering something Helm would not, so the chart cannot
 //! drift outside what this renderer checks. Printing a missing value panics too, where
-//! Helm would print an empty string: a typo in a values path fails the tests.
+//! Helm would print an empty string: a typo in a values path fails the tests. `fail`
+//! panics with its message, where `helm template` exits with it.
 
 use std::{collections::HashMap, fs, path::Path};
 
@@ -37,6 +42,17 @@ pub fn render_chart(
     release: &Release<'_>,
     overrides: &[(&str, Value)],
 ) -> Vec<RenderedFile> {
+    render_chart_for(chart_dir, release, overrides, &[])
+}
+
+/// [`render_chart`] for a cluster that also serves `api_versions` ("cert-manager.io/v1"),
+/// as `helm template --api-versions` (or `helm install`, which asks the cluster).
+pub fn render_chart_for(
+    chart_dir: &Path,
+    release: &Release<'_>,
+    overrides: &[(&str, Value)],
+    api_versions: &[&str],
+) -> Vec<RenderedFile> {
     let chart: Value = read_yaml(&chart_dir.join("Chart.yaml"));
     let mut values: Value = read_yaml(&chart_dir.join("values.yaml"));
     for (path, value) in overrides {
@@ -59,6 +75,9 @@ pub fn render_chart(
             "Name": field("name"),
             "Version": field("version"),
             "AppVersion": field("appVersion"),
+        },
+        "Capabilities": {
+            "APIVersions": api_versions,
         },
     });
 
@@ -92,7 +111,7 @@ pub fn render_chart(
         .into_iter()
         .map(|(name, nodes)| {
             let mut text = String::new();
-            renderer.render(&nodes, &root, &mut text, &name);
+            renderer.render(&nodes, &Scope::new(&root), &mut text, &name);
             RenderedFile {
                 template: format!("templates/{name}"),
                 text,
@@ -133,6 +152,12 @@ enum Node {
         then: Vec<Node>,
         otherwise: Vec<Node>,
     },
+    /// `range $variable := list`: `body` once per element of a list.
+    Range {
+        variable: Option<String>,
+        list: Pipeline,
+        body: Vec<Node>,
+    },
 }
 
 type Pipeline = Vec<Vec<Operand>>;
@@ -141,6 +166,8 @@ type Pipeline = Vec<Vec<Operand>>;
 enum Operand {
     /// `.a.b.c`; `.` alone is the empty chain.
     Field(Vec<String>),
+    /// `$name.a.b`; `$` (empty name) is the root.
+    Variable(String, Vec<String>),
     Str(String),
     Int(i64),
     Function(String),
@@ -265,7 +292,35 @@ fn parse_block(
                 assert_eq!(end, Some(BlockEnd::End), "{template}: define without end");
                 defines.insert(name, body);
             }
-            "else" | "range" | "with" | "template" | "block" | "break" | "continue" => {
+            "range" => {
+                let (variable, list) = match rest.split_once(":=") {
+                    Some((variable, list)) => {
+                        let variable = variable.trim().strip_prefix('$').unwrap_or_else(|| {
+                            panic!("{template}: `{action}` is outside the subset this renderer supports")
+                        });
+                        assert!(
+                            !variable.is_empty()
+                                && variable.chars().all(|c| c.is_ascii_alphanumeric()),
+                            "{template}: `{action}` is outside the subset this renderer supports"
+                        );
+                        (Some(variable.to_owned()), list)
+                    }
+                    None => (None, rest),
+                };
+                let list = parse_pipeline(list, template);
+                let (body, end) = parse_block(tokens, defines, template);
+                assert_eq!(
+                    end,
+                    Some(BlockEnd::End),
+                    "{template}: `range` with `else` is outside the subset this renderer supports"
+                );
+                nodes.push(Node::Range {
+                    variable,
+                    list,
+                    body,
+                });
+            }
+            "else" | "with" | "template" | "block" | "break" | "continue" => {
                 panic!("{template}: `{action}` is outside the subset this renderer supports")
             }
             _ => nodes.push(Node::Output(parse_pipeline(&action, template))),
@@ -311,7 +366,11 @@ fn parse_pipeline(source: &str, template: &str) -> Pipeline {
                 word.push(c);
                 chars.next();
             }
-            let operand = if let Some(path) = word.strip_prefix('.') {
+            let operand = if let Some(variable) = word.strip_prefix('$') {
+                let mut parts = variable.split('.');
+                let name = parts.next().unwrap_or_default().to_owned();
+                Operand::Variable(name, parts.map(str::to_owned).collect())
+            } else if let Some(path) = word.strip_prefix('.') {
                 Operand::Field(if path.is_empty() {
                     Vec::new()
                 } else {
@@ -338,13 +397,29 @@ struct Renderer {
     defines: HashMap<String, Vec<Node>>,
 }
 
+/// `.` and the variables where a template is being rendered; `$` (the empty name) is the
+/// value the template was executed with.
+struct Scope<'a> {
+    dot: &'a Value,
+    variables: HashMap<String, &'a Value>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(root: &'a Value) -> Self {
+        Self {
+            dot: root,
+            variables: HashMap::from([(String::new(), root)]),
+        }
+    }
+}
+
 impl Renderer {
-    fn render(&self, nodes: &[Node], dot: &Value, out: &mut String, template: &str) {
+    fn render(&self, nodes: &[Node], scope: &Scope<'_>, out: &mut String, template: &str) {
         for node in nodes {
             match node {
                 Node::Text(text) => out.push_str(text),
                 Node::Output(pipeline) => {
-                    let value = self.eval(pipeline, dot, template);
+                    let value = self.eval(pipeline, scope, template);
                     out.push_str(&print(&value, template, pipeline));
                 }
                 Node::If {
@@ -352,30 +427,67 @@ impl Renderer {
                     then,
                     otherwise,
                 } => {
-                    let branch = if truthy(&self.eval(condition, dot, template)) {
+                    let branch = if truthy(&self.eval(condition, scope, template)) {
                         then
                     } else {
                         otherwise
                     };
-                    self.render(branch, dot, out, template);
+                    self.render(branch, scope, out, template);
+                }
+                Node::Range {
+                    variable,
+                    list,
+                    body,
+                } => {
+                    let list = self.eval(list, scope, template);
+                    let elements = match &list {
+                        Value::Array(elements) => elements.as_slice(),
+                        Value::Null => &[],
+                        other => panic!(
+                            "{template}: range over {other} is outside the subset this renderer supports"
+                        ),
+                    };
+                    for element in elements {
+                        let mut variables: HashMap<String, &Value> = scope.variables.clone();
+                        if let Some(variable) = variable {
+                            variables.insert(variable.clone(), element);
+                        }
+                        let inner = Scope {
+                            dot: element,
+                            variables,
+                        };
+                        self.render(body, &inner, out, template);
+                    }
                 }
             }
         }
     }
 
-    fn eval(&self, pipeline: &Pipeline, dot: &Value, template: &str) -> Value {
+    fn eval(&self, pipeline: &Pipeline, scope: &Scope<'_>, template: &str) -> Value {
         let mut piped: Option<Value> = None;
         for command in pipeline {
             let value = match command.as_slice() {
+                // Helm's `.Capabilities.APIVersions.Has "group/version"`.
+                [Operand::Field(path), Operand::Str(version)]
+                    if path.as_slice() == ["Capabilities", "APIVersions", "Has"]
+                        && piped.is_none() =>
+                {
+                    let served = &scope.variables[""]["Capabilities"]["APIVersions"];
+                    Value::Bool(
+                        served
+                            .as_array()
+                            .is_some_and(|v| v.iter().any(|s| s == version.as_str())),
+                    )
+                }
                 [Operand::Function(name), args @ ..] => {
                     let mut args: Vec<Value> = args
                         .iter()
-                        .map(|arg| self.operand(arg, dot, template))
+                        .map(|arg| self.operand(arg, scope, template))
                         .collect();
                     args.extend(piped.take());
                     self.call(name, &args, template)
                 }
-                [operand] if piped.is_none() => self.operand(operand, dot, template),
+                [operand] if piped.is_none() => self.operand(operand, scope, template),
                 _ => panic!("{template}: cannot evaluate {command:?}"),
             };
             piped = Some(value);
@@ -383,13 +495,22 @@ impl Renderer {
         piped.expect("a pipeline has a command")
     }
 
-    fn operand(&self, operand: &Operand, dot: &Value, template: &str) -> Value {
-        match operand {
-            Operand::Field(path) => path
-                .iter()
-                .try_fold(dot, |value, key| value.get(key))
+    fn operand(&self, operand: &Operand, scope: &Scope<'_>, template: &str) -> Value {
+        let follow = |start: &Value, path: &[String]| {
+            path.iter()
+                .try_fold(start, |value, key| value.get(key))
                 .cloned()
-                .unwrap_or(Value::Null),
+                .unwrap_or(Value::Null)
+        };
+        match operand {
+            Operand::Field(path) => follow(scope.dot, path),
+            Operand::Variable(name, path) => {
+                let start = scope
+                    .variables
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{template}: undefined variable ${name}"));
+                follow(start, path)
+            }
             Operand::Str(s) => Value::String(s.clone()),
             Operand::Int(n) => Value::from(*n),
             Operand::Function(name) => self.call(name, &[], template),
@@ -428,8 +549,16 @@ impl Renderer {
                     .get(define)
                     .unwrap_or_else(|| panic!("{template}: no define {define:?}"));
                 let mut out = String::new();
-                self.render(body, &args[1], &mut out, template);
+                self.render(body, &Scope::new(&args[1]), &mut out, template);
                 Value::String(out)
+            }
+            "not" => {
+                arity(1);
+                Value::Bool(!truthy(&args[0]))
+            }
+            "fail" => {
+                arity(1);
+                panic!("{template}: fail: {}", print_scalar(&args[0], template))
             }
             "toYaml" => {
                 arity(1);
@@ -492,13 +621,13 @@ mod tests {
     //! The renderer against outputs Go's text/template and Helm give for the same input.
     use serde_json::{Value, json};
 
-    use super::{HashMap, Renderer, parse};
+    use super::{HashMap, Renderer, Scope, parse};
 
     fn render(source: &str, dot: &Value) -> String {
         let mut defines = HashMap::new();
         let nodes = parse(source, &mut defines, "test");
         let mut out = String::new();
-        Renderer { defines }.render(&nodes, dot, &mut out, "test");
+        Renderer { defines }.render(&nodes, &Scope::new(dot), &mut out, "test");
         out
     }
 
@@ -551,9 +680,34 @@ mod tests {
     }
 
     #[test]
+    fn range_binds_dot_and_its_variable_to_each_element_and_keeps_the_root_as_dollar() {
+        let source = concat!(
+            "{{- range $node := .Values.nodes }}\n- {{ $.Release.Name }}-{{ $node }}/{{ . }}",
+            "{{- end }}\n{{ range .Values.none }}never{{ end }}",
+            "{{- if .Capabilities.APIVersions.Has \"cert-manager.io/v1\" }}cm{{ end }}",
+            "{{- if not .Values.none }} none{{ end }}",
+        );
+        let dot = json!({
+            "Values": {"nodes": ["a", "b"], "none": []},
+            "Release": {"Name": "r"},
+            "Capabilities": {"APIVersions": ["cert-manager.io/v1"]},
+        });
+        assert_eq!(render(source, &dot), "\n- r-a/a\n- r-b/b\ncm none");
+        let mut without = dot.clone();
+        without["Capabilities"]["APIVersions"] = json!([]);
+        assert_eq!(render(source, &without), "\n- r-a/a\n- r-b/b\n none");
+    }
+
+    #[test]
     #[should_panic(expected = "outside the subset")]
     fn constructs_outside_the_subset_are_refused() {
-        render("{{ range .x }}{{ end }}", &json!({"x": [1]}));
+        render("{{ with .x }}{{ end }}", &json!({"x": [1]}));
+    }
+
+    #[test]
+    #[should_panic(expected = "fail: no nodes")]
+    fn fail_stops_the_render_with_its_message() {
+        render("{{ fail \"no nodes\" }}", &json!({}));
     }
 
     #[test]

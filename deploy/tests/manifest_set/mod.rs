@@ -6,14 +6,15 @@ use std::{fs, path::Path};
 
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment},
-    core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount},
+    core::v1::{Container, Namespace, PodSpec, Secret, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use nephilia_deploy_tests::{CHART_DIR, KUSTOMIZE_DIR};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::helm_template::{Release, render_chart};
+use crate::helm_template::{Release, render_chart_for};
 
 pub const NAMESPACE: &str = "nephilia-system";
 pub const RELEASE: Release<'static> = Release {
@@ -39,6 +40,37 @@ pub enum Object {
     ClusterRole(Box<ClusterRole>),
     ClusterRoleBinding(Box<ClusterRoleBinding>),
     Namespace(Box<Namespace>),
+    Certificate(Box<Certificate>),
+    Secret(Box<Secret>),
+}
+
+/// A cert-manager `Certificate` (cert-manager.io/v1), the fields the chart sets; any other
+/// field fails the parse.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Certificate {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: CertificateSpec,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertificateSpec {
+    pub secret_name: String,
+    pub common_name: String,
+    pub dns_names: Vec<String>,
+    pub usages: Vec<String>,
+    pub issuer_ref: IssuerRef,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerRef {
+    pub name: String,
+    pub kind: String,
+    pub group: String,
 }
 
 impl Manifest {
@@ -88,6 +120,11 @@ pub fn parse_documents(text: &str, source: &str) -> Vec<Manifest> {
                 Some("ClusterRole") => Object::ClusterRole(typed(&raw, source)),
                 Some("ClusterRoleBinding") => Object::ClusterRoleBinding(typed(&raw, source)),
                 Some("Namespace") => Object::Namespace(typed(&raw, source)),
+                Some("Secret") => Object::Secret(typed(&raw, source)),
+                Some("Certificate") => {
+                    assert_eq!(raw["apiVersion"], "cert-manager.io/v1", "{source}");
+                    Object::Certificate(typed(&raw, source))
+                }
                 other => panic!("{source}: unexpected kind {other:?}"),
             };
             manifests.push(Manifest {
@@ -135,7 +172,13 @@ pub fn kustomize_manifests() -> Vec<Manifest> {
 
 /// What `helm template nephilia deploy/helm/nephilia -n nephilia-system [--set …]` renders.
 pub fn chart_manifests(overrides: &[(&str, Value)]) -> Vec<Manifest> {
-    render_chart(Path::new(CHART_DIR), &RELEASE, overrides)
+    chart_manifests_for(overrides, &[])
+}
+
+/// [`chart_manifests`] on a cluster that serves `api_versions` too
+/// (`helm template --api-versions cert-manager.io/v1 …`).
+pub fn chart_manifests_for(overrides: &[(&str, Value)], api_versions: &[&str]) -> Vec<Manifest> {
+    render_chart_for(Path::new(CHART_DIR), &RELEASE, overrides, api_versions)
         .iter()
         .flat_map(|file| parse_documents(&file.text, &format!("chart {}", file.template)))
         .collect()
@@ -153,6 +196,9 @@ pub fn all_variants() -> Vec<(&'static str, Vec<Manifest>)> {
     ]
 }
 
+/// The nodes `every_option` issues agent certificates for.
+pub const AGENT_NODES: [&str; 2] = ["node-a", "worker-1.example.internal"];
+
 /// The collector `every_option` exports spans to.
 pub const OTLP_ENDPOINT: &str = "http://jaeger-collector.observability:4317";
 
@@ -160,10 +206,22 @@ pub fn every_option() -> Vec<(&'static str, Value)> {
     vec![
         ("tls.enabled", json!(true)),
         ("tls.secretName", json!("agent-server-mtls")),
+        ("tls.agentNodes", json!(AGENT_NODES)),
+        ("tls.issuer.name", json!("nephilia-ca")),
         ("apiToken.secretName", json!("nephilia-api-token")),
         ("apiToken.secretKey", json!("bearer")),
         ("otlp.endpoint", json!(OTLP_ENDPOINT)),
     ]
+}
+
+pub fn certificates(manifests: &[Manifest]) -> Vec<&Certificate> {
+    manifests
+        .iter()
+        .filter_map(|m| match &m.object {
+            Object::Certificate(c) => Some(&**c),
+            _ => None,
+        })
+        .collect()
 }
 
 pub fn one<'a, T>(manifests: &'a [Manifest], pick: impl Fn(&'a Object) -> Option<&'a T>) -> &'a T {
