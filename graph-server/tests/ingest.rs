@@ -265,11 +265,15 @@ fn agent_certificate(pki: &Pki, dns_names: &[&str], common_name: Option<&str>) -
 struct TlsServer {
     state: Arc<AppState>,
     port: u16,
-    pki: Pki,
+    /// The CA (PEM) agents and server certificates chain to.
+    ca: String,
+    /// The name the server's certificate is valid for.
+    server_name: String,
     _dir: support::TempDir,
 }
 
-async fn tls_server(name: &str) -> TlsServer {
+/// A server with a certificate for `localhost` from a fresh test CA, and the CA.
+async fn tls_server(name: &str) -> (TlsServer, Pki) {
     let pki = Pki::new("nephilia test CA");
     let (server_cert, server_key) = pki.leaf();
     let dir = tempdir(name);
@@ -278,10 +282,25 @@ async fn tls_server(name: &str) -> TlsServer {
         std::fs::write(&path, pem).unwrap();
         path
     };
+    let files = [
+        write("server.pem", &server_cert),
+        write("server.key", &server_key),
+        write("ca.pem", &pki.ca.pem()),
+    ];
+    (serve_tls(dir, files, "localhost").await, pki)
+}
+
+/// Serves ingest with `[cert, key, ca]` from `dir` as `--tls-cert`, `--tls-key`, `--tls-ca`.
+async fn serve_tls(
+    dir: support::TempDir,
+    [cert, key, ca]: [std::path::PathBuf; 3],
+    server_name: &str,
+) -> TlsServer {
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
     let args = nephilia_graph_server::config::ServerArgs {
-        tls_cert: Some(write("server.pem", &server_cert)),
-        tls_key: Some(write("server.key", &server_key)),
-        tls_ca: Some(write("ca.pem", &pki.ca.pem())),
+        tls_cert: Some(cert),
+        tls_key: Some(key),
+        tls_ca: Some(ca),
         ..<nephilia_graph_server::config::ServerArgs as clap::Parser>::parse_from([
             "nephilia-server",
         ])
@@ -299,7 +318,8 @@ async fn tls_server(name: &str) -> TlsServer {
     TlsServer {
         state,
         port,
-        pki,
+        ca: ca_pem,
+        server_name: server_name.to_owned(),
         _dir: dir,
     }
 }
@@ -329,8 +349,8 @@ impl TlsServer {
     ) -> Result<nephilia_proto::v1::ReportSummary, TlsReportError> {
         use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
         let mut config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.pki.ca.pem()))
-            .domain_name("localhost");
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .domain_name(&self.server_name);
         if let Some((cert, key)) = identity {
             config = config.identity(Identity::from_pem(cert, key));
         }
@@ -358,8 +378,8 @@ fn heartbeat(node: &str) -> AgentMessage {
 
 #[tokio::test]
 async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
-    let server = tls_server("nephilia-tls-ca").await;
-    let node_a = agent_certificate(&server.pki, &["node-a"], None);
+    let (server, pki) = tls_server("nephilia-tls-ca").await;
+    let node_a = agent_certificate(&pki, &["node-a"], None);
     let summary = server
         .report(Some(node_a), vec![heartbeat("node-a")])
         .await
@@ -387,8 +407,8 @@ async fn mutual_tls_ingest_accepts_only_agents_the_ca_signed() {
 
 #[tokio::test]
 async fn with_mtls_a_stream_reports_only_for_the_node_its_certificate_names() {
-    let server = tls_server("nephilia-tls-node").await;
-    let node_a = || Some(agent_certificate(&server.pki, &["node-a"], None));
+    let (server, pki) = tls_server("nephilia-tls-node").await;
+    let node_a = || Some(agent_certificate(&pki, &["node-a"], None));
     let bound = "but this stream's client certificate is for node \"node-a\"";
 
     // node-a's key naming node-b: the batch, a record in node-a's own batch, a heartbeat.
@@ -449,7 +469,7 @@ async fn with_mtls_a_stream_reports_only_for_the_node_its_certificate_names() {
     // The certificate of the old layout, one key for the server and every agent, names
     // no single node; a certificate naming none is refused as well.
     let shared = agent_certificate(
-        &server.pki,
+        &pki,
         &["node-a", "nephilia-server.nephilia-system.svc"],
         None,
     );
@@ -484,7 +504,7 @@ async fn with_mtls_a_stream_reports_only_for_the_node_its_certificate_names() {
         ),
         (1, 2, 1)
     );
-    let by_common_name = agent_certificate(&server.pki, &[], Some("node-c"));
+    let by_common_name = agent_certificate(&pki, &[], Some("node-c"));
     let summary = server
         .report(Some(by_common_name), vec![heartbeat("node-c")])
         .await
@@ -591,4 +611,56 @@ async fn multi_mib_strings_are_capped_or_refused_and_never_echoed() {
     assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
     assert_eq!(store.counters.rejected.get("malformed"), Some(&3));
     assert_eq!(store.agents.len(), 1);
+}
+
+#[tokio::test]
+async fn certificates_from_the_deploy_script_bind_each_agent_to_its_node() {
+    let dir = tempdir("nephilia-tls-script");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/tls/issue-certificates.sh"
+    );
+    let output = std::process::Command::new(script)
+        .arg("-d")
+        .arg(&*dir)
+        .args(["node-a", "node-b"])
+        .output()
+        .expect("running deploy/tls/issue-certificates.sh (it needs openssl)");
+    assert!(output.status.success(), "{output:?}");
+    let pem = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let [node_a, node_b] = ["node-a", "node-b"].map(|node| {
+        (
+            pem(&format!("agent-{node}.crt")),
+            pem(&format!("agent-{node}.key")),
+        )
+    });
+    let files = ["server.crt", "server.key", "ca.crt"].map(|name| dir.join(name));
+    let server = serve_tls(dir, files, "nephilia-server.nephilia-system.svc").await;
+
+    let summary = server
+        .report(
+            Some(node_a),
+            vec![
+                heartbeat("node-a"),
+                AgentMessage::batch("node-a", 1, vec![good_request(0)]),
+            ],
+        )
+        .await
+        .expect("node-a's certificate reports for node-a");
+    assert_eq!((summary.heartbeats, summary.records_accepted), (1, 1));
+    let status = server
+        .report(
+            Some(node_b),
+            vec![AgentMessage::batch("node-a", 2, vec![good_request(1)])],
+        )
+        .await
+        .unwrap_err()
+        .status();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "batch 2 names node \"node-a\", but this stream's client certificate is for node \"node-b\""
+    );
+    let store = server.state.store();
+    assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
 }
