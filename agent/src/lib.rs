@@ -23,6 +23,7 @@ pub mod mesh_flow;
 pub mod metadata;
 pub mod observe;
 pub mod probes;
+mod recency;
 pub mod record;
 pub mod report;
 pub mod verifier_figures;

@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use nephilia_agent::{
     check,
+    l7_capture::{L7Options, TrackerLimits, requests::DEFAULT_MEMORY_BUDGET_MIB},
     metadata::{MetadataSource, MetadataStore, kubernetes, static_file},
     observe::{self, ObserveOptions},
     probes::Probes,
@@ -89,9 +90,29 @@ struct MeshArgs {
     /// `all` (also `lo` of every other namespace) or `off`.
     #[arg(long, value_enum, default_value = "mesh")]
     l7_capture: nephilia_agent::l7_capture::CaptureMode,
+    /// MiB all L7 parsers may hold together (HPACK tables, buffered heads and streams);
+    /// beyond, the least recently seen connections are evicted and counted.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = DEFAULT_MEMORY_BUDGET_MIB,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    l7_memory_budget_mib: u16,
 }
 
 impl MeshArgs {
+    fn l7(&self) -> L7Options {
+        L7Options {
+            mode: self.l7_capture,
+            limits: TrackerLimits {
+                memory_budget_bytes: usize::from(self.l7_memory_budget_mib) << 20,
+                ..TrackerLimits::default()
+            },
+            ..L7Options::default()
+        }
+    }
+
     /// Starts the metadata source; Kubernetes keeps watching in the background.
     async fn start(&self) -> anyhow::Result<MetadataStore> {
         let store = match self.metadata {
@@ -215,10 +236,7 @@ async fn run_observe(
         interim_interval: seconds(interim_interval, "interim-interval")?,
         metadata: mesh.start().await?,
         node: mesh.node_name.clone(),
-        l7: nephilia_agent::l7_capture::L7Options {
-            mode: mesh.l7_capture,
-            ..Default::default()
-        },
+        l7: mesh.l7(),
         ..ObserveOptions::default()
     };
     let mut probes =
@@ -266,10 +284,7 @@ async fn run_reporting(
         interim_interval: seconds(interim_interval, "interim-interval")?,
         metadata: mesh.start().await?,
         node: mesh.node_name.clone(),
-        l7: nephilia_agent::l7_capture::L7Options {
-            mode: mesh.l7_capture,
-            ..Default::default()
-        },
+        l7: mesh.l7(),
         ..ObserveOptions::default()
     };
     let attached = || tracing::info!("programs attached; observing");

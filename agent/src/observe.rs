@@ -6,6 +6,7 @@
 use std::{future::Future, time::Duration};
 
 use nephilia_common::{ConnectionEventKind, ConnectionState, ProbeFailure};
+use nephilia_l7::{ParseErrorKind, ParserCounters};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -13,7 +14,10 @@ use crate::{
     clock::BootClock,
     connection_table::{self, ConnectionTable},
     l7_capture::{self, Attachments, L7Options, RequestTracker, attach::Direction},
-    mesh_flow::{FlowBuilder, MeshPorts},
+    mesh_flow::{
+        FlowBuilder, MeshPorts,
+        builder::{FlowCounters, FlowLimits},
+    },
     metadata::MetadataStore,
     probes::{self, Probes},
     record::Record,
@@ -38,12 +42,18 @@ pub struct ObserveOptions {
     /// Told the in-kernel failure counters at every interim tick (the reporter puts them
     /// in heartbeats).
     pub on_probe_failures: Option<ProbeFailureSink>,
+    /// Told the agent's own drop counters (`Summary::drop_counters`) at every interim tick
+    /// (the reporter puts them in heartbeats).
+    pub on_agent_drops: Option<AgentDropSink>,
     /// L7 capture (`request` records).
     pub l7: L7Options,
 }
 
 /// Receives the in-kernel failure counters.
 pub type ProbeFailureSink = std::sync::Arc<dyn Fn(&[(ProbeFailure, u64)]) + Send + Sync>;
+
+/// Receives the agent's own drop counters, by the names heartbeats carry them under.
+pub type AgentDropSink = std::sync::Arc<dyn Fn(&[(String, u64)]) + Send + Sync>;
 
 impl Default for ObserveOptions {
     fn default() -> Self {
@@ -54,6 +64,7 @@ impl Default for ObserveOptions {
             node: String::new(),
             mesh_ports: MeshPorts::default(),
             on_probe_failures: None,
+            on_agent_drops: None,
             l7: L7Options::default(),
         }
     }
@@ -84,10 +95,54 @@ pub struct Summary {
     /// L7 capture hooks attached at the end (namespace inode, interface, hook), all
     /// detached since.
     pub l7_hooks: Vec<(u64, String, Direction)>,
-    /// What the L7 parsers did.
+    /// What the L7 tracker did (evictions by cause among it).
     pub l7: l7_capture::requests::TrackerCounters,
+    /// What the L7 parsers did, closed and evicted ones included.
+    pub l7_parser: ParserCounters,
     /// L7 ring-buffer records that did not decode.
     pub undecodable_segments: u64,
+    /// Sockets the mesh-flow builder forgot before they closed.
+    pub flows: FlowCounters,
+}
+
+impl Summary {
+    /// Every drop the agent itself made, named as heartbeats carry them (beside the
+    /// in-kernel failure counters and `unsent_records`): records that did not decode,
+    /// L7 connections evicted by cause, what the L7 parsers dropped by error kind
+    /// (`l7_parser_stream_overflow`: streams beyond the cap, …), and mesh-flow sockets
+    /// forgotten by cause. All of them are present, zeros included.
+    pub fn drop_counters(&self) -> Vec<(String, u64)> {
+        let mut counters = vec![
+            ("undecodable_events".to_owned(), self.undecodable_events),
+            (
+                "l7_undecodable_segments".to_owned(),
+                self.undecodable_segments,
+            ),
+            (
+                "l7_evicted_connection_limit".to_owned(),
+                self.l7.evicted_connection_limit,
+            ),
+            (
+                "l7_evicted_memory_budget".to_owned(),
+                self.l7.evicted_memory_budget,
+            ),
+        ];
+        counters.extend(ParseErrorKind::ALL.iter().map(|kind| {
+            (
+                format!("l7_parser_{}", kind.as_str()),
+                self.l7_parser.error(*kind),
+            )
+        }));
+        counters.push((
+            "mesh_flow_forgotten_idle".to_owned(),
+            self.flows.forgotten_idle,
+        ));
+        counters.push((
+            "mesh_flow_forgotten_capacity".to_owned(),
+            self.flows.forgotten_capacity,
+        ));
+        counters
+    }
 }
 
 type ConnectionsMap<'a> = aya::maps::HashMap<&'a aya::maps::MapData, u64, ConnectionState>;
@@ -165,6 +220,13 @@ impl<S: FnMut(Record)> Pipeline<S> {
         }
     }
 
+    /// Brings the summary's counters up to date with the tracker and the builder.
+    fn refresh_counters(&mut self) {
+        self.summary.l7 = self.requests.counters().clone();
+        self.summary.l7_parser = self.requests.parser_counters();
+        self.summary.flows = self.flows.counters().clone();
+    }
+
     fn interim(&mut self, connections: &ConnectionsMap) {
         let now = BootClock::monotonic_now_ns();
         let records = self
@@ -213,10 +275,11 @@ pub async fn observe_when_ready(
     rescans.reset();
     let mut pipeline = Pipeline {
         table: ConnectionTable::new(BootClock::sample(), options.interim_interval),
-        flows: FlowBuilder::new(
+        flows: FlowBuilder::with_limits(
             options.mesh_ports,
             options.node.clone(),
             options.metadata.clone(),
+            FlowLimits::for_interim_interval(options.interim_interval),
         ),
         requests: RequestTracker::new(
             options.mesh_ports,
@@ -270,6 +333,10 @@ pub async fn observe_when_ready(
                     sink(&failures);
                 }
                 failures_seen = failures;
+                pipeline.refresh_counters();
+                if let Some(sink) = &options.on_agent_drops {
+                    sink(&pipeline.summary.drop_counters());
+                }
             }
             () = &mut stop => break,
             () = &mut deadline => break,
@@ -280,10 +347,9 @@ pub async fn observe_when_ready(
     pipeline.drain_l7(segments.get_mut());
     let hooks = attachments.hooks();
     drop(attachments);
-    let requests = pipeline.requests.counters().clone();
+    pipeline.refresh_counters();
     let mut summary = pipeline.summary;
     summary.l7_hooks = hooks;
-    summary.l7 = requests;
     summary.probe_failures = probes.failures()?;
     Ok(summary)
 }

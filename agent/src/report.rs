@@ -122,6 +122,8 @@ struct OutboxState {
     sent: u64,
     /// In-kernel failure counters, refreshed by the observe loop.
     probe_failures: Vec<(ProbeFailure, u64)>,
+    /// The agent's own drop counters (`observe::Summary::drop_counters`), likewise.
+    agent_drops: Vec<(String, u64)>,
 }
 
 impl Outbox {
@@ -158,6 +160,11 @@ impl Outbox {
 
     pub fn set_probe_failures(&self, failures: Vec<(ProbeFailure, u64)>) {
         self.lock().probe_failures = failures;
+    }
+
+    /// The agent's own drop counters for the next heartbeat.
+    pub fn set_agent_drops(&self, drops: Vec<(String, u64)>) {
+        self.lock().agent_drops = drops;
     }
 
     /// Records counted as unsent so far.
@@ -231,6 +238,7 @@ fn heartbeat(options: &ReporterOptions, facts: &AgentFacts, outbox: &Outbox) -> 
             (format!("{program}_{kind}"), *count)
         })
         .collect();
+    drop_counters.extend(state.agent_drops.iter().cloned());
     drop_counters.insert("unsent_records".into(), state.unsent);
     AgentMessage::heartbeat(Heartbeat {
         node: options.node.clone(),
@@ -280,6 +288,10 @@ pub async fn observe_and_report(
     let failures = Arc::clone(&outbox);
     options.on_probe_failures = Some(Arc::new(move |counters: &[_]| {
         failures.set_probe_failures(counters.to_vec());
+    }));
+    let drops = Arc::clone(&outbox);
+    options.on_agent_drops = Some(Arc::new(move |counters: &[_]| {
+        drops.set_agent_drops(counters.to_vec());
     }));
     let mut probes = crate::probes::Probes::load()?;
     let facts = AgentFacts {

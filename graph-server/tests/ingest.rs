@@ -664,3 +664,84 @@ async fn certificates_from_the_deploy_script_bind_each_agent_to_its_node() {
     let store = server.state.store();
     assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
 }
+
+#[tokio::test]
+async fn agent_drop_counters_reach_the_heartbeat_and_metrics() {
+    use http_body_util::BodyExt;
+    use nephilia_agent::{
+        observe::Summary,
+        report::{self, AgentFacts, Outbox, ReporterOptions},
+    };
+    use tower::ServiceExt;
+
+    let server = server().await;
+    // What the observe loop hands the reporter at a tick: the agent's own drops.
+    let mut summary = Summary {
+        undecodable_events: 1,
+        undecodable_segments: 2,
+        ..Summary::default()
+    };
+    summary.l7.evicted_connection_limit = 3;
+    summary.l7.evicted_memory_budget = 6;
+    // `l7_parser.errors` is indexed as `ParseErrorKind::ALL`: 6 is stream_overflow.
+    summary.l7_parser.errors[6] = 20;
+    summary.flows.forgotten_idle = 4;
+    summary.flows.forgotten_capacity = 5;
+    let outbox = Outbox::new(100);
+    outbox.set_agent_drops(summary.drop_counters());
+    let reporter = tokio::spawn(report::run(
+        ReporterOptions::new(server.url.clone(), "node-a"),
+        AgentFacts::default(),
+        Arc::clone(&outbox),
+    ));
+    let mut heard = false;
+    for _ in 0..100 {
+        if server.state.store().agents.contains_key("node-a") {
+            heard = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    reporter.abort();
+    assert!(heard, "no heartbeat from node-a within 5 s");
+    {
+        let store = server.state.store();
+        let counters = &store.agents["node-a"].drop_counters;
+        assert_eq!(counters["l7_evicted_memory_budget"], 6);
+        assert_eq!(counters["l7_parser_stream_overflow"], 20);
+        assert_eq!(counters["mesh_flow_forgotten_idle"], 4);
+    }
+
+    let response = nephilia_graph_server::api::app(server.state.clone())
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let metrics = String::from_utf8(body.to_vec()).unwrap();
+    let drops: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("nephilia_agent_drops_total{"))
+        .filter(|line| !line.ends_with(" 0"))
+        .collect();
+    assert_eq!(
+        drops,
+        [
+            r#"nephilia_agent_drops_total{node="node-a",counter="l7_evicted_connection_limit"} 3"#,
+            r#"nephilia_agent_drops_total{node="node-a",counter="l7_evicted_memory_budget"} 6"#,
+            r#"nephilia_agent_drops_total{node="node-a",counter="l7_parser_stream_overflow"} 20"#,
+            r#"nephilia_agent_drops_total{node="node-a",counter="l7_undecodable_segments"} 2"#,
+            r#"nephilia_agent_drops_total{node="node-a",counter="mesh_flow_forgotten_capacity"} 5"#,
+            r#"nephilia_agent_drops_total{node="node-a",counter="mesh_flow_forgotten_idle"} 4"#,
+            r#"nephilia_agent_drops_total{node="node-a",counter="undecodable_events"} 1"#,
+        ]
+    );
+    // Every counter is there, zeros included: the parser's other 11 error kinds.
+    assert!(metrics.contains(
+        "nephilia_agent_drops_total{node=\"node-a\",counter=\"l7_parser_hpack_error\"} 0"
+    ));
+}

@@ -207,12 +207,12 @@ impl ConnectionParser {
 
     /// Completed exchanges, oldest first.
     pub fn drain_exchanges(&mut self) -> impl Iterator<Item = L7Exchange> + '_ {
-        self.out.queue.drain(..)
+        self.out.drain()
     }
 
     /// Number of exchanges waiting to be drained.
     pub fn queued_exchanges(&self) -> usize {
-        self.out.queue.len()
+        self.out.queued()
     }
 
     /// The connection ended: flushes what can be (a body delimited by the close),
@@ -224,9 +224,7 @@ impl ConnectionParser {
             Engine::Http2(mut parser) => parser.close(&mut self.out),
             Engine::Detecting(_) | Engine::Opaque => {}
         }
-        let exchanges = self.out.queue.drain(..).collect();
-        self.out.queue = Default::default();
-        exchanges
+        self.out.take_all()
     }
 
     /// What this parser did with its input.

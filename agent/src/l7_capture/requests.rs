@@ -1,6 +1,15 @@
 //! Captured segments in, `request` records out: one `nephilia_l7::ConnectionParser` per
-//! TCP connection (per capture point), bounded in number (least recently seen evicted),
-//! closed when a socket of the connection closes or after an idle timeout.
+//! TCP connection (per capture point), closed when a socket of the connection closes or
+//! after an idle timeout.
+//!
+//! Memory is bounded twice: in number of connections and in bytes. Each parser caps its
+//! own state (`ParserLimits`: one HPACK table per direction, 128 streams, …), but 4096
+//! connections at their caps would hold gigabytes; so the tracker accounts each
+//! connection's bytes (its parser's `memory_bytes`, the HPACK tables and buffered streams
+//! included, plus the tracker's own entry) after every segment and, over
+//! `memory_budget_bytes`, evicts the least recently seen connections. An evicted
+//! connection is closed as if its socket had closed: what it parsed still becomes
+//! records (unanswered requests as incomplete), and the eviction is counted by cause.
 //!
 //! Which side a connection is reported as, from what ambient mode shows on a pod's `lo`
 //! (shared/DESIGN.md):
@@ -19,7 +28,9 @@ use std::{
 };
 
 use nephilia_common::Role;
-use nephilia_l7::{ConnectionParser, Direction, L7Exchange, ParserLimits, PathTemplater, Protocol};
+use nephilia_l7::{
+    ConnectionParser, Direction, L7Exchange, ParserCounters, ParserLimits, PathTemplater, Protocol,
+};
 use serde::{Deserialize, Serialize};
 
 use super::segment::{Segment, Sender};
@@ -27,6 +38,7 @@ use crate::{
     clock::BootClock,
     mesh_flow::{MeshPorts, Peer},
     metadata::{MeshMetadata, MetadataStore},
+    recency::Recency,
     record::{ConnectionRecord, ConnectionRole},
 };
 
@@ -95,15 +107,23 @@ pub struct TrackerLimits {
     pub max_connections: usize,
     /// A connection without segments this long is closed.
     pub idle_timeout: Duration,
+    /// Bytes all parsers may hold together (`--l7-memory-budget-mib`); the least recently
+    /// seen connections are evicted to stay under it.
+    pub memory_budget_bytes: usize,
     /// Per-connection parser caps.
     pub parser: ParserLimits,
 }
+
+/// Default of `--l7-memory-budget-mib`: a quarter of the agent's 512 MiB memory limit
+/// (deploy/), while 4096 connections at their parser caps could hold several GiB.
+pub const DEFAULT_MEMORY_BUDGET_MIB: u16 = 128;
 
 impl Default for TrackerLimits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
             idle_timeout: Duration::from_secs(300),
+            memory_budget_bytes: usize::from(DEFAULT_MEMORY_BUDGET_MIB) << 20,
             parser: ParserLimits::default(),
         }
     }
@@ -137,18 +157,40 @@ struct Connection {
     /// What the kernel knew of each direction's sending socket (client's, server's).
     senders: [Option<Sender>; 2],
     last_seen: Instant,
+    /// Its place in the least-recently-seen order.
+    recency_stamp: u64,
+    /// Bytes accounted for it at its last segment or drain.
+    accounted_bytes: usize,
     /// Set when a socket of the connection closed: the parser is closed after the next
     /// drain of the segment ring buffer, which holds the connection's last segments.
     closing_after_drain: Option<u64>,
 }
 
-/// What the tracker did, for logs and tests.
+/// Bytes of one tracked connection outside its parser's heap: the map entry, its place in
+/// the recency order, and the two socket-cookie entries that point at it.
+const CONNECTION_ENTRY_BYTES: usize = size_of::<(ConnectionKey, Connection)>()
+    + size_of::<(u64, ConnectionKey)>()
+    + 2 * size_of::<(u64, ConnectionKey)>();
+
+/// Why a connection was dropped before it closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Eviction {
+    /// `max_connections` were tracked and another one appeared.
+    ConnectionLimit,
+    /// The parsers together held more than `memory_budget_bytes`.
+    MemoryBudget,
+}
+
+/// What the tracker did, for logs, heartbeats and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrackerCounters {
     pub segments: u64,
     pub exchanges: u64,
     pub closed: u64,
-    pub evicted: u64,
+    /// Connections evicted because `max_connections` were tracked.
+    pub evicted_connection_limit: u64,
+    /// Connections evicted to bring the accounted bytes back under the memory budget.
+    pub evicted_memory_budget: u64,
     pub idle_closed: u64,
 }
 
@@ -163,6 +205,13 @@ pub struct RequestTracker {
     connections: HashMap<ConnectionKey, Connection>,
     by_cookie: HashMap<u64, ConnectionKey>,
     touched: HashSet<ConnectionKey>,
+    recency: Recency<ConnectionKey>,
+    /// Sum of the connections' `accounted_bytes`.
+    accounted_bytes: usize,
+    /// Records of evicted connections, handed out by the next `finish_drain`.
+    evicted_records: Vec<RequestRecord>,
+    /// Counters of the parsers already closed or evicted.
+    retired_parsers: ParserCounters,
     drains: u64,
     counters: TrackerCounters,
 }
@@ -188,6 +237,10 @@ impl RequestTracker {
             connections: HashMap::new(),
             by_cookie: HashMap::new(),
             touched: HashSet::new(),
+            recency: Recency::new(),
+            accounted_bytes: 0,
+            evicted_records: Vec::new(),
+            retired_parsers: ParserCounters::default(),
             drains: 0,
             counters: TrackerCounters::default(),
         }
@@ -206,12 +259,20 @@ impl RequestTracker {
         self.connections.is_empty()
     }
 
-    /// Heap bytes held by the parsers.
+    /// What every parser did with its input, closed and evicted ones included: their
+    /// errors count what the parsers dropped (streams and requests beyond their caps,
+    /// heads that do not decode).
+    pub fn parser_counters(&self) -> ParserCounters {
+        let mut counters = self.retired_parsers.clone();
+        for connection in self.connections.values() {
+            counters.merge(connection.parser.counters());
+        }
+        counters
+    }
+
+    /// Bytes accounted to the tracked connections: what the memory budget bounds.
     pub fn memory_bytes(&self) -> usize {
-        self.connections
-            .values()
-            .map(|c| c.parser.memory_bytes())
-            .sum()
+        self.accounted_bytes
     }
 
     /// Starts a drain of the segment ring buffer.
@@ -260,7 +321,7 @@ impl RequestTracker {
         };
         if !self.connections.contains_key(&key) {
             if self.connections.len() >= self.limits.max_connections {
-                self.evict_oldest();
+                self.evict_oldest(Eviction::ConnectionLimit);
             }
             self.connections.insert(
                 key,
@@ -274,6 +335,8 @@ impl RequestTracker {
                     locality: key.locality,
                     senders: [None, None],
                     last_seen: Instant::now(),
+                    recency_stamp: self.recency.touch(key, None),
+                    accounted_bytes: 0,
                     closing_after_drain: None,
                 },
             );
@@ -282,6 +345,7 @@ impl RequestTracker {
             return;
         };
         connection.last_seen = Instant::now();
+        connection.recency_stamp = self.recency.touch(key, Some(connection.recency_stamp));
         if direction == Direction::ClientToServer {
             // The server as the client's segments address it (`127.0.0.1:15001` for an
             // outbound capture); replies may come from the original destination.
@@ -301,6 +365,25 @@ impl RequestTracker {
             connection.parser.gap(direction, segment.missing_after);
         }
         self.touched.insert(key);
+        self.account(key);
+        self.keep_within_budget();
+    }
+
+    /// Brings the accounted bytes of `key` up to date with its parser.
+    fn account(&mut self, key: ConnectionKey) {
+        if let Some(connection) = self.connections.get_mut(&key) {
+            let bytes = CONNECTION_ENTRY_BYTES + connection.parser.memory_bytes();
+            self.accounted_bytes = self.accounted_bytes - connection.accounted_bytes + bytes;
+            connection.accounted_bytes = bytes;
+        }
+    }
+
+    /// Evicts the least recently seen connections while over the budget (the one just fed
+    /// last: it goes too if it alone holds more than the budget).
+    fn keep_within_budget(&mut self) {
+        while self.accounted_bytes > self.limits.memory_budget_bytes && !self.is_empty() {
+            self.evict_oldest(Eviction::MemoryBudget);
+        }
     }
 
     /// A socket closed: its connection's parser is closed after the next drain.
@@ -342,6 +425,8 @@ impl RequestTracker {
         for key in std::mem::take(&mut self.touched) {
             if let Some(connection) = self.connections.get_mut(&key) {
                 exchanges.extend(connection.parser.drain_exchanges().map(|e| (key, e)));
+                // Drained exchanges no longer count against the budget.
+                self.account(key);
             }
         }
         let drains = self.drains;
@@ -355,51 +440,60 @@ impl RequestTracker {
             })
             .map(|(key, _)| *key)
             .collect();
-        let mut records: Vec<RequestRecord> = exchanges
-            .into_iter()
-            .filter_map(|(key, exchange)| {
-                let connection = self.connections.get(&key)?;
-                Some(self.record(connection, exchange, &metadata))
-            })
-            .collect();
+        let mut records: Vec<RequestRecord> = std::mem::take(&mut self.evicted_records);
+        records.extend(exchanges.into_iter().filter_map(|(key, exchange)| {
+            let connection = self.connections.get(&key)?;
+            Some(self.record(connection, exchange, &metadata))
+        }));
         for key in finished {
-            if let Some(mut connection) = self.connections.remove(&key) {
-                if connection.closing_after_drain.is_some() {
-                    self.counters.closed += 1;
-                } else {
-                    self.counters.idle_closed += 1;
-                }
-                for exchange in connection.parser.close() {
-                    records.push(self.record(&connection, exchange, &metadata));
-                }
-                self.forget_cookies(&connection);
+            let Some(connection) = self.connections.get(&key) else {
+                continue;
+            };
+            if connection.closing_after_drain.is_some() {
+                self.counters.closed += 1;
+            } else {
+                self.counters.idle_closed += 1;
             }
+            let last = self.close(key, &metadata);
+            records.extend(last);
         }
         self.counters.exchanges += records.len() as u64;
         records.sort_by_key(|record| record.start_ns);
         records
     }
 
-    fn forget_cookies(&mut self, connection: &Connection) {
+    /// Removes a connection: closes its parser (its last exchanges become records) and
+    /// releases everything accounted to it.
+    fn close(&mut self, key: ConnectionKey, metadata: &MeshMetadata) -> Vec<RequestRecord> {
+        let Some(mut connection) = self.connections.remove(&key) else {
+            return Vec::new();
+        };
+        self.touched.remove(&key);
+        self.recency.remove(connection.recency_stamp);
+        self.accounted_bytes -= connection.accounted_bytes;
         for sender in connection.senders.iter().flatten() {
             self.by_cookie.remove(&sender.cookie);
         }
+        let last = connection.parser.close();
+        self.retired_parsers.merge(connection.parser.counters());
+        last.into_iter()
+            .map(|exchange| self.record(&connection, exchange, metadata))
+            .collect()
     }
 
-    fn evict_oldest(&mut self) {
-        let Some(oldest) = self
-            .connections
-            .iter()
-            .min_by_key(|(_, c)| c.last_seen)
-            .map(|(key, _)| *key)
-        else {
+    /// Closes the least recently seen connection to make room; what it parsed goes out
+    /// with the next drain.
+    fn evict_oldest(&mut self, cause: Eviction) {
+        let Some(oldest) = self.recency.oldest() else {
             return;
         };
-        if let Some(connection) = self.connections.remove(&oldest) {
-            self.counters.evicted += 1;
-            self.touched.remove(&oldest);
-            self.forget_cookies(&connection);
+        match cause {
+            Eviction::ConnectionLimit => self.counters.evicted_connection_limit += 1,
+            Eviction::MemoryBudget => self.counters.evicted_memory_budget += 1,
         }
+        let metadata = self.metadata.snapshot();
+        let last = self.close(oldest, &metadata);
+        self.evicted_records.extend(last);
     }
 
     fn record(
@@ -529,289 +623,4 @@ fn destination_peer(metadata: &MeshMetadata, dialled: SocketAddr) -> Peer {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::l7_capture::segment::Hook;
-    use crate::metadata::{Protocol as MeshProtocol, Service, Workload};
-
-    fn metadata() -> MetadataStore {
-        let workload = |name: &str, ip: &str| Workload {
-            pod: format!("{name}-0"),
-            workload: name.into(),
-            namespace: "shop".into(),
-            service_account: name.into(),
-            trust_domain: "cluster.local".into(),
-            ips: vec![ip.parse().unwrap()],
-            protocol: MeshProtocol::Hbone,
-            node: "node-a".into(),
-            services: vec![format!("{name}.shop.svc.cluster.local")],
-        };
-        let store = MetadataStore::default();
-        store.replace(MeshMetadata::new(
-            vec![
-                workload("client", "10.244.1.10"),
-                workload("web", "10.244.2.10"),
-            ],
-            vec![Service {
-                name: "web".into(),
-                namespace: "shop".into(),
-                hostname: "web.shop.svc.cluster.local".into(),
-                vips: vec!["10.96.0.30".parse().unwrap()],
-                ports: BTreeMap::from([(80, 8080)]),
-            }],
-        ));
-        store
-    }
-
-    fn tracker() -> RequestTracker {
-        RequestTracker::new(
-            MeshPorts::default(),
-            "node-a".into(),
-            metadata(),
-            BootClock::identity(),
-            TrackerLimits::default(),
-        )
-    }
-
-    fn sender(cookie: u64, role: Role, remote: &str, mark: u32) -> Option<Sender> {
-        Some(Sender {
-            cookie,
-            role: Some(role),
-            netns: 1,
-            pid: cookie as u32 * 10,
-            mark,
-            remote: Some(remote.parse().unwrap()),
-        })
-    }
-
-    fn segment(
-        src: &str,
-        dst: &str,
-        seq: u32,
-        ts: u64,
-        data: &[u8],
-        from: Option<Sender>,
-    ) -> Segment {
-        Segment {
-            timestamp_ns: ts,
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            sender: from,
-            seq,
-            segment_len: data.len() as u32,
-            offset: 0,
-            ifindex: 1,
-            hook: Hook::Egress,
-            missing_after: 0,
-            data: data.to_vec(),
-        }
-    }
-
-    const REQUEST: &[u8] = b"GET /items/42 HTTP/1.1\r\nhost: web.shop.svc.cluster.local\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
-    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-
-    #[test]
-    fn outbound_capture_on_lo_is_the_client_side_with_the_original_destination() {
-        let mut tracker = tracker();
-        let app = "10.244.1.10:40000";
-        let capture = "127.0.0.1:15001";
-        // nat POSTROUTING gave the proxy's replies the original destination as source.
-        let original = "10.96.0.30:80";
-        tracker.begin_drain();
-        tracker.segment(&segment(
-            app,
-            capture,
-            1,
-            1_000_000,
-            REQUEST,
-            sender(1, Role::Client, "10.96.0.30:80", 0),
-        ));
-        tracker.segment(&segment(
-            original,
-            app,
-            9,
-            5_000_000,
-            RESPONSE,
-            sender(2, Role::Server, app, 0x539),
-        ));
-        let records = tracker.finish_drain();
-        assert_eq!(records.len(), 1, "{records:#?}");
-        let r = &records[0];
-        assert_eq!(r.side, ConnectionRole::Client);
-        assert_eq!(
-            (r.method.as_str(), r.path.as_str(), r.status),
-            ("GET", "/items/{id}", Some(200))
-        );
-        assert_eq!(r.authority, "web.shop.svc.cluster.local");
-        assert_eq!(r.latency_us, 4_000);
-        assert_eq!((r.start_ns, r.end_ns), (1_000_000, 5_000_000));
-        assert_eq!(r.source.workload, "client");
-        assert_eq!(r.destination.service, "web.shop.svc.cluster.local");
-        assert_eq!(
-            (r.destination.workload.as_str(), r.destination.port),
-            ("web", 8080)
-        );
-        assert_eq!(
-            (r.local.as_str(), r.remote.as_str()),
-            (app, "10.96.0.30:80")
-        );
-        assert_eq!(r.pid, 10);
-        assert_eq!(
-            r.trace_id.as_deref(),
-            Some("4bf92f3577b34da6a3ce929d0e0e4736")
-        );
-        assert_eq!(r.span_id.as_deref(), Some("00f067aa0ba902b7"));
-        assert_eq!(r.request_bytes, REQUEST.len() as u64);
-        assert_eq!(r.response_bytes, RESPONSE.len() as u64);
-    }
-
-    #[test]
-    fn delivery_on_lo_is_the_server_side_and_closes_with_the_socket() {
-        let mut tracker = tracker();
-        let proxy = "10.244.1.10:41000";
-        let app = "10.244.2.10:8080";
-        tracker.begin_drain();
-        // The first segment has no known sender: roles come from the ports.
-        // The proxy's socket carries no mark here: the addresses tell a delivery.
-        tracker.segment(&segment(
-            proxy,
-            app,
-            1,
-            1_000,
-            REQUEST,
-            sender(4, Role::Client, app, 0),
-        ));
-        // The response's body is cut short: the rest comes as a gap.
-        let mut response = segment(
-            app,
-            proxy,
-            9,
-            3_000,
-            &RESPONSE[..RESPONSE.len() - 1],
-            sender(3, Role::Server, proxy, 0),
-        );
-        response.segment_len = RESPONSE.len() as u32;
-        response.missing_after = 1;
-        tracker.segment(&response);
-        let records = tracker.finish_drain();
-        assert_eq!(records.len(), 1, "{records:#?}");
-        let r = &records[0];
-        assert_eq!(r.side, ConnectionRole::Server);
-        assert_eq!(r.source.workload, "client");
-        assert_eq!(
-            (r.destination.workload.as_str(), r.destination.port),
-            ("web", 8080)
-        );
-        assert_eq!((r.local.as_str(), r.remote.as_str()), (app, proxy));
-        assert_eq!(r.pid, 30);
-        assert_eq!(r.latency_us, 2);
-        assert_eq!(tracker.len(), 1);
-
-        // A request without an answer, then the app's socket closes.
-        tracker.begin_drain();
-        tracker.segment(&segment(
-            proxy,
-            app,
-            1 + REQUEST.len() as u32,
-            10_000,
-            REQUEST,
-            sender(4, Role::Client, app, 0),
-        ));
-        assert!(tracker.finish_drain().is_empty());
-        let closed = ConnectionRecord {
-            cookie: 3,
-            ..closed_record(app, proxy)
-        };
-        tracker.connection_closed(&closed);
-        // Closed only after one more drain of the segments.
-        assert!(tracker.finish_drain().is_empty());
-        assert_eq!(tracker.len(), 1);
-        tracker.begin_drain();
-        let last = tracker.finish_drain();
-        assert_eq!(last.len(), 1);
-        assert_eq!((last[0].status, last[0].latency_us), (None, 0));
-        assert!(tracker.is_empty());
-        assert_eq!(tracker.memory_bytes(), 0);
-    }
-
-    fn closed_record(local: &str, remote: &str) -> ConnectionRecord {
-        ConnectionRecord {
-            start_ns: 0,
-            end_ns: Some(1),
-            netns: 1,
-            pid: 0,
-            comm: String::new(),
-            role: ConnectionRole::Server,
-            first_data_ns: None,
-            local: local.into(),
-            remote: remote.into(),
-            bytes_sent: 0,
-            bytes_received: 0,
-            bytes_sent_delta: 0,
-            bytes_received_delta: 0,
-            outcome: crate::record::Outcome::Closed,
-            connect_latency_us: None,
-            rtt_us: 0,
-            retransmits: 0,
-            resets_sent: 0,
-            resets_received: 0,
-            mark: 0,
-            error: None,
-            cookie: 0,
-        }
-    }
-
-    #[test]
-    fn pod_interface_sides_and_eviction() {
-        let mut tracker = RequestTracker::new(
-            MeshPorts::default(),
-            String::new(),
-            metadata(),
-            BootClock::identity(),
-            TrackerLimits {
-                max_connections: 2,
-                ..TrackerLimits::default()
-            },
-        );
-        let client = "10.244.1.10:40001";
-        let server = "10.244.2.10:8080";
-        tracker.begin_drain();
-        // Seen in the client's namespace: egress request, ingress response.
-        let mut request = segment(
-            client,
-            server,
-            1,
-            100,
-            REQUEST,
-            sender(5, Role::Client, server, 0),
-        );
-        request.ifindex = 2;
-        let mut response = segment(server, client, 7, 300, RESPONSE, None);
-        response.ifindex = 2;
-        response.hook = Hook::Ingress;
-        tracker.segment(&request);
-        tracker.segment(&response);
-        // Seen in the server's namespace: ingress request, egress response.
-        let mut request_in = request.clone();
-        request_in.hook = Hook::Ingress;
-        request_in.sender = None;
-        let mut response_out = response.clone();
-        response_out.hook = Hook::Egress;
-        response_out.sender = sender(6, Role::Server, client, 0);
-        tracker.segment(&request_in);
-        tracker.segment(&response_out);
-        let mut records = tracker.finish_drain();
-        records.sort_by_key(|r| r.side == ConnectionRole::Server);
-        assert_eq!(records.len(), 2, "{records:#?}");
-        assert_eq!(records[0].side, ConnectionRole::Client);
-        assert_eq!(records[0].pid, 50);
-        assert_eq!(records[1].side, ConnectionRole::Server);
-        assert_eq!(records[1].pid, 60);
-        assert_eq!(tracker.len(), 2);
-        // A third connection evicts the least recently seen.
-        tracker.segment(&segment("10.244.1.10:40002", server, 1, 400, REQUEST, None));
-        assert_eq!((tracker.len(), tracker.counters().evicted), (2, 1));
-    }
-}
+mod tests;

@@ -11,6 +11,12 @@
 //!
 //! Sockets of proxies still open are read again through `lookup` (the kernel's live
 //! state) so that a tunnel's handshake and a capture's first relayed byte are current.
+//!
+//! The socket table is bounded: a closed socket is kept `CLOSED_RETENTION`, an open one
+//! as long as records about it keep coming (the connection table sends an interim record
+//! every interval while the kernel has the connection). An open socket not heard of for
+//! `FlowLimits::idle_timeout` lost its `Closed` event (ring buffer full) and is
+//! forgotten; beyond `max_sockets` the least recently seen is. Both are counted.
 
 use std::{
     collections::HashMap,
@@ -24,6 +30,7 @@ use super::{
 };
 use crate::{
     metadata::{MeshMetadata, MetadataStore, Protocol},
+    recency::Recency,
     record::{ConnectionRecord, ConnectionRole, Outcome},
 };
 
@@ -38,16 +45,70 @@ const METADATA_WAIT: Duration = Duration::from_secs(10);
 /// `Closed` event is still in the ring buffer) before it is built with what is known.
 const PARTNER_WAIT: Duration = Duration::from_secs(2);
 
+/// How much the builder keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Sockets held at once (open, or closed within the retention).
+    pub max_sockets: usize,
+    /// An open socket without a record this long is forgotten: its `Closed` event was lost.
+    pub idle_timeout: Duration,
+}
+
+impl FlowLimits {
+    /// Limits for a connection table that reports open connections every
+    /// `interim_interval`: a socket is idle after four intervals without a record.
+    pub fn for_interim_interval(interim_interval: Duration) -> Self {
+        Self {
+            idle_timeout: interim_interval * 4,
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        Self {
+            // The kernel tracks up to 65 536 open connections (`CONNECTIONS` in
+            // ebpf/src/connection.rs); as many again may have closed within the retention.
+            max_sockets: 2 * 65_536,
+            idle_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Sockets the builder forgot before they closed, by cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// Open sockets without a record for `idle_timeout`: their `Closed` event was lost.
+    pub forgotten_idle: u64,
+    /// Least recently seen sockets forgotten to stay within `max_sockets`.
+    pub forgotten_capacity: u64,
+}
+
 struct Socket {
     record: ConnectionRecord,
     local: SocketAddr,
     remote: SocketAddr,
-    closed_at: Option<Instant>,
+    /// When the last record about it was observed.
+    seen_at: Instant,
+    /// Its place in the least-recently-seen order.
+    recency_stamp: u64,
 }
 
 impl Socket {
     fn closed(&self) -> bool {
         self.record.end_ns.is_some()
+    }
+
+    /// Whether it is still kept at `now`: a closed socket for the retention, an open one
+    /// while records about it keep coming.
+    fn kept(&self, now: Instant, idle_timeout: Duration) -> bool {
+        let age = now.saturating_duration_since(self.seen_at);
+        if self.closed() {
+            age < CLOSED_RETENTION
+        } else {
+            age < idle_timeout
+        }
     }
 
     /// Kernel time the socket stopped being usable, or `u64::MAX` while open.
@@ -62,6 +123,9 @@ pub struct FlowBuilder {
     node: String,
     metadata: MetadataStore,
     sockets: HashMap<u64, Socket>,
+    recency: Recency<u64>,
+    limits: FlowLimits,
+    counters: FlowCounters,
     /// Pod IP of each network namespace, learnt from its sockets' own addresses.
     pod_ips: HashMap<u32, IpAddr>,
     /// App sockets (and failed deliveries) whose report awaits assembly, with when they
@@ -80,11 +144,23 @@ struct NotYet;
 
 impl FlowBuilder {
     pub fn new(ports: MeshPorts, node: String, metadata: MetadataStore) -> Self {
+        Self::with_limits(ports, node, metadata, FlowLimits::default())
+    }
+
+    pub fn with_limits(
+        ports: MeshPorts,
+        node: String,
+        metadata: MetadataStore,
+        limits: FlowLimits,
+    ) -> Self {
         Self {
             ports,
             node,
             metadata,
             sockets: HashMap::new(),
+            recency: Recency::new(),
+            limits,
+            counters: FlowCounters::default(),
             pod_ips: HashMap::new(),
             pending: Vec::new(),
             last_prune: Instant::now(),
@@ -100,6 +176,11 @@ impl FlowBuilder {
         self.sockets.is_empty()
     }
 
+    /// Sockets forgotten before they closed.
+    pub fn counters(&self) -> &FlowCounters {
+        &self.counters
+    }
+
     /// Takes one `connection` record (`opened` is true for a connection's first sight,
     /// which is not itself reported). Flows are built by `flush`, once every event read
     /// so far has been taken in.
@@ -107,11 +188,16 @@ impl FlowBuilder {
         let (Ok(local), Ok(remote)) = (record.local.parse(), record.remote.parse()) else {
             return;
         };
+        let previous = self.sockets.get(&record.cookie).map(|s| s.recency_stamp);
+        if previous.is_none() && self.sockets.len() >= self.limits.max_sockets {
+            self.forget_least_recently_seen();
+        }
         let socket = Socket {
             record: record.clone(),
             local,
             remote,
-            closed_at: record.end_ns.map(|_| Instant::now()),
+            seen_at: Instant::now(),
+            recency_stamp: self.recency.touch(record.cookie, previous),
         };
         self.learn_pod_ip(&socket);
         let reports = !opened
@@ -174,7 +260,8 @@ impl FlowBuilder {
             record: record.clone(),
             local,
             remote,
-            closed_at: None,
+            seen_at: Instant::now(),
+            recency_stamp: 0,
         };
         match (self.kind(&socket), record.role) {
             (SocketKind::App, ConnectionRole::Client) => {
@@ -485,11 +572,34 @@ impl FlowBuilder {
             return;
         }
         self.last_prune = Instant::now();
+        self.forget_stale(self.last_prune);
+    }
+
+    /// Forgets the sockets no longer kept at `now`: closed ones past the retention, open
+    /// ones idle past `idle_timeout` (counted).
+    pub fn forget_stale(&mut self, now: Instant) {
+        let idle_timeout = self.limits.idle_timeout;
+        let (recency, counters) = (&mut self.recency, &mut self.counters);
         self.sockets.retain(|_, socket| {
-            socket
-                .closed_at
-                .is_none_or(|closed| closed.elapsed() < CLOSED_RETENTION)
+            if socket.kept(now, idle_timeout) {
+                return true;
+            }
+            if !socket.closed() {
+                counters.forgotten_idle += 1;
+            }
+            recency.remove(socket.recency_stamp);
+            false
         });
+    }
+
+    fn forget_least_recently_seen(&mut self) {
+        let Some(cookie) = self.recency.oldest() else {
+            return;
+        };
+        if let Some(socket) = self.sockets.remove(&cookie) {
+            self.recency.remove(socket.recency_stamp);
+            self.counters.forgotten_capacity += 1;
+        }
     }
 }
 
@@ -525,4 +635,123 @@ fn destination_peer(metadata: &MeshMetadata, dialled: SocketAddr, reached: Optio
         }
     }
     destination
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder(limits: FlowLimits) -> FlowBuilder {
+        FlowBuilder::with_limits(
+            MeshPorts::default(),
+            "node-a".into(),
+            MetadataStore::default(),
+            limits,
+        )
+    }
+
+    /// An app's client socket in namespace 1, open unless `end_ns` is set.
+    fn socket(cookie: u64, end_ns: Option<u64>) -> ConnectionRecord {
+        ConnectionRecord {
+            start_ns: 1_000,
+            end_ns,
+            netns: 1,
+            pid: 7,
+            comm: "app".into(),
+            role: ConnectionRole::Client,
+            first_data_ns: None,
+            local: format!("10.244.1.10:{}", 40_000 + cookie),
+            remote: "10.244.2.10:8080".into(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            bytes_sent_delta: 0,
+            bytes_received_delta: 0,
+            outcome: if end_ns.is_some() {
+                Outcome::Closed
+            } else {
+                Outcome::Open
+            },
+            connect_latency_us: Some(10),
+            rtt_us: 0,
+            retransmits: 0,
+            resets_sent: 0,
+            resets_received: 0,
+            mark: 0,
+            error: None,
+            cookie,
+        }
+    }
+
+    #[test]
+    fn a_socket_whose_closed_event_was_lost_is_forgotten_after_the_idle_bound() {
+        let idle = Duration::from_secs(20);
+        let mut flows = builder(FlowLimits {
+            idle_timeout: idle,
+            ..FlowLimits::default()
+        });
+        let start = Instant::now();
+        // Socket 1 opens and its Closed event is lost; socket 2 closes normally; socket 3
+        // stays open and its interim records keep coming.
+        flows.observe(&socket(1, None), true);
+        flows.observe(&socket(2, None), true);
+        flows.observe(&socket(2, Some(2_000)), false);
+        flows.observe(&socket(3, None), true);
+        assert_eq!(flows.len(), 3);
+
+        // Within the retention and the idle bound everything is kept.
+        flows.forget_stale(start + CLOSED_RETENTION - Duration::from_millis(100));
+        assert_eq!(flows.len(), 3);
+        // Past the retention the closed socket goes, not counted: it was not lost.
+        flows.forget_stale(start + CLOSED_RETENTION + Duration::from_millis(100));
+        assert_eq!(flows.len(), 2);
+        assert_eq!(flows.counters(), &FlowCounters::default());
+
+        // An interim record of socket 3 just before the bound keeps it.
+        std::thread::sleep(Duration::from_millis(20));
+        flows.observe(&socket(3, None), false);
+        let socket_3_seen = flows.sockets[&3].seen_at;
+        flows.forget_stale(start + idle + Duration::from_millis(10));
+        assert_eq!(flows.len(), 1, "socket 1 is forgotten, socket 3 kept");
+        assert!(flows.sockets.contains_key(&3));
+        assert_eq!(
+            flows.counters(),
+            &FlowCounters {
+                forgotten_idle: 1,
+                forgotten_capacity: 0
+            }
+        );
+        flows.forget_stale(socket_3_seen + idle);
+        assert!(flows.is_empty());
+        assert_eq!(flows.counters().forgotten_idle, 2);
+    }
+
+    #[test]
+    fn over_capacity_the_least_recently_seen_socket_is_forgotten() {
+        let mut flows = builder(FlowLimits {
+            max_sockets: 3,
+            ..FlowLimits::default()
+        });
+        for cookie in 1..=3 {
+            flows.observe(&socket(cookie, None), true);
+        }
+        // Socket 1 reports again: socket 2 is now the least recently seen.
+        flows.observe(&socket(1, None), false);
+        flows.observe(&socket(4, None), true);
+        let mut held: Vec<u64> = flows.sockets.keys().copied().collect();
+        held.sort_unstable();
+        assert_eq!(held, [1, 3, 4]);
+        // A record of a socket already held takes no room.
+        flows.observe(&socket(4, Some(3_000)), false);
+        flows.observe(&socket(5, None), true);
+        let mut held: Vec<u64> = flows.sockets.keys().copied().collect();
+        held.sort_unstable();
+        assert_eq!(held, [1, 4, 5]);
+        assert_eq!(
+            flows.counters(),
+            &FlowCounters {
+                forgotten_idle: 0,
+                forgotten_capacity: 2
+            }
+        );
+    }
 }
