@@ -89,6 +89,10 @@ struct MeshArgs {
     /// `all` (also `lo` of every other namespace) or `off`.
     #[arg(long, value_enum, default_value = "mesh")]
     l7_capture: nephilia_agent::l7_capture::CaptureMode,
+    /// How the L7 capture attaches: `auto` (TCX links on Linux 6.6+, else netlink),
+    /// `tcx`, or `netlink` (filters on a `clsact` qdisc).
+    #[arg(long, value_enum, default_value = "auto")]
+    tc_attach: nephilia_agent::l7_capture::TcAttachMode,
 }
 
 impl MeshArgs {
@@ -217,6 +221,7 @@ async fn run_observe(
         node: mesh.node_name.clone(),
         l7: nephilia_agent::l7_capture::L7Options {
             mode: mesh.l7_capture,
+            attach: mesh.tc_attach,
             ..Default::default()
         },
         ..ObserveOptions::default()
@@ -268,6 +273,7 @@ async fn run_reporting(
         node: mesh.node_name.clone(),
         l7: nephilia_agent::l7_capture::L7Options {
             mode: mesh.l7_capture,
+            attach: mesh.tc_attach,
             ..Default::default()
         },
         ..ObserveOptions::default()

@@ -1,7 +1,8 @@
 //! The gRPC `Ingest` service: validates each message of an agent's stream and hands whole
 //! batches to the [`Store`](crate::store::Store). A bad message ends only its own stream,
 //! with a status naming what was wrong; the agent reconnects and the server keeps serving.
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use nephilia_proto::v1::{AgentMessage, Batch, ReportSummary, agent_message};
 use nephilia_proto::{MAX_BATCH_RECORDS, PROTOCOL_VERSION};
@@ -102,13 +103,50 @@ pub fn validate(batch: Batch) -> Result<(String, Vec<Record>), IngestError> {
     Ok((batch.node, records))
 }
 
+/// The last batch kept from each node's agent. An agent sends every batch it has no
+/// acknowledgement for again on its next stream; when the stream broke after the server
+/// had kept some of them, those are acknowledged again but not counted twice.
+#[derive(Debug, Default)]
+pub struct BatchLedger {
+    /// node → (agent instance, last sequence kept). One entry per node: a new instance
+    /// is a restarted agent, whose sequence starts again.
+    last: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl BatchLedger {
+    /// Whether batch `sequence` of agent `instance` on `node` is new, recording it as kept
+    /// if so. Agents that do not give an instance (0) are not deduplicated.
+    pub fn admit(&self, node: &str, instance: u64, sequence: u64) -> bool {
+        if instance == 0 {
+            return true;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get_mut(node) {
+            Some((kept_instance, kept)) if *kept_instance == instance => {
+                if sequence <= *kept {
+                    return false;
+                }
+                *kept = sequence;
+            }
+            _ => {
+                last.insert(node.to_owned(), (instance, sequence));
+            }
+        }
+        true
+    }
+}
+
 pub struct IngestService {
     state: Arc<AppState>,
+    ledger: BatchLedger,
 }
 
 impl IngestService {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            ledger: BatchLedger::default(),
+        }
     }
 
     /// The tonic service with the message size limit applied.
@@ -124,8 +162,14 @@ impl IngestService {
     ) -> Result<(), IngestError> {
         match message.body.ok_or(IngestError::EmptyMessage)? {
             agent_message::Body::Batch(batch) => {
-                let sequence = batch.sequence;
+                let (sequence, instance) = (batch.sequence, batch.agent_instance);
                 let (node, records) = validate(batch)?;
+                if !self.ledger.admit(&node, instance, sequence) {
+                    tracing::debug!(node, sequence, "batch already kept; acknowledged again");
+                    summary.batches_duplicate += 1;
+                    summary.last_sequence = sequence;
+                    return Ok(());
+                }
                 let count = records.len() as u64;
                 let now = self.state.now_ns();
                 self.state.store().ingest(&node, records, now);
