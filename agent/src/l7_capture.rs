@@ -4,10 +4,12 @@
 //!
 //! - `namespaces`: finds network namespaces and what is in them;
 //! - `attach`: attaches the programs where they are needed, detaches on drop;
+//! - `clsact`: removes the `clsact` qdisc over rtnetlink (no `tc` binary needed);
 //! - `segment`: decodes the ring buffer's records;
 //! - `requests`: one parser per connection, exchanges → `RequestRecord`s.
 
 pub mod attach;
+pub mod clsact;
 pub mod namespaces;
 pub mod requests;
 pub mod segment;
@@ -30,8 +32,8 @@ pub enum CaptureMode {
     All,
 }
 
-/// How TC programs are attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How TC programs are attached (`--tc-attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TcAttachMode {
     /// TCX links on Linux 6.6+, else netlink with a `clsact` qdisc.
     #[default]

@@ -99,12 +99,17 @@ struct MeshArgs {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     l7_memory_budget_mib: u16,
+    /// How the L7 capture attaches: `auto` (TCX links on Linux 6.6+, else netlink),
+    /// `tcx`, or `netlink` (filters on a `clsact` qdisc).
+    #[arg(long, value_enum, default_value = "auto")]
+    tc_attach: nephilia_agent::l7_capture::TcAttachMode,
 }
 
 impl MeshArgs {
     fn l7(&self) -> L7Options {
         L7Options {
             mode: self.l7_capture,
+            attach: self.tc_attach,
             limits: TrackerLimits {
                 memory_budget_bytes: usize::from(self.l7_memory_budget_mib) << 20,
                 ..TrackerLimits::default()

@@ -267,6 +267,15 @@ pub async fn observe_when_ready(
     // SAFETY: as above.
     let mut segments =
         unsafe { AsyncFd::register(probes.take_l7_segments()?) }.map_err(std::io::Error::from)?;
+    for leftover in l7_capture::attach::remove_leftovers() {
+        tracing::info!(
+            netns = leftover.netns,
+            interface = leftover.interface,
+            hook = ?leftover.direction,
+            removed_clsact = leftover.removed_clsact,
+            "removed an L7 capture filter a previous agent left"
+        );
+    }
     let mut attachments = Attachments::new(options.l7.mode, options.l7.attach, options.mesh_ports);
     rescan(&mut attachments, probes, &options.metadata);
     ready();

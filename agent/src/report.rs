@@ -1,37 +1,31 @@
 //! `nephilia-agent run`: streams records to the graph server over gRPC.
 //!
-//! Delivery is at least once within a bounded buffer:
-//! - the observe loop puts records in an `Outbox` (bounded; when full, new records are
+//! Delivery is at least once within a bounded buffer, and exactly once into the store:
+//! - the observe loop puts records in an [`Outbox`] (bounded; when full, new records are
 //!   counted as `unsent_records` and reported in the next heartbeat, never silently lost);
 //! - each gRPC stream lives at most `STREAM_LIFETIME`, then the agent closes its side and
 //!   the server's `ReportSummary.last_sequence` acknowledges the batches it kept;
-//! - batches not acknowledged (server restarted, network cut) are sent again on the
-//!   next stream, after a reconnect with exponential backoff.
+//! - batches not acknowledged (server restarted, network cut, server silent past
+//!   `ACK_TIMEOUT`) are sent again on the next stream, after a reconnect with jittered
+//!   exponential backoff; the server drops the ones it already kept (node, agent instance
+//!   and sequence name a batch);
+//! - when observation stops (SIGTERM), the outbox is closed and delivered, within
+//!   `FLUSH_TIMEOUT`, before the agent exits.
 
 pub mod convert;
+pub mod delivery;
+pub mod outbox;
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use nephilia_common::ProbeFailure;
-use nephilia_proto::{
-    IngestClient,
-    v1::{self, AgentMessage, Heartbeat},
-};
-use tokio::sync::{Notify, mpsc};
-use tonic::{
-    Code,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use nephilia_proto::v1::{AgentMessage, Heartbeat};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::record::Record;
+pub use delivery::{ACK_TIMEOUT, STREAM_LIFETIME, run};
+pub use outbox::Outbox;
 
-/// How long one stream carries batches before it is closed for acknowledgement.
-pub const STREAM_LIFETIME: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a stopping agent keeps delivering what its outbox holds.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the reporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -106,95 +100,6 @@ pub struct AgentFacts {
     pub kernel_release: String,
 }
 
-/// Records waiting to be sent, shared by the observe loop and the reporter.
-#[derive(Default)]
-pub struct Outbox {
-    state: Mutex<OutboxState>,
-    ready: Notify,
-}
-
-#[derive(Default)]
-struct OutboxState {
-    queue: VecDeque<v1::Record>,
-    capacity: usize,
-    /// Records that could not be kept or were refused by the server.
-    unsent: u64,
-    sent: u64,
-    /// In-kernel failure counters, refreshed by the observe loop.
-    probe_failures: Vec<(ProbeFailure, u64)>,
-    /// The agent's own drop counters (`observe::Summary::drop_counters`), likewise.
-    agent_drops: Vec<(String, u64)>,
-}
-
-impl Outbox {
-    pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self {
-            state: Mutex::new(OutboxState {
-                capacity,
-                ..OutboxState::default()
-            }),
-            ready: Notify::new(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues a record, or counts it as unsent when the buffer is full.
-    pub fn push(&self, record: &Record) {
-        let mut state = self.lock();
-        if state.queue.len() >= state.capacity {
-            state.unsent += 1;
-            return;
-        }
-        state.queue.push_back(convert::record(record));
-        let len = state.queue.len();
-        drop(state);
-        if len == 1 || len.is_multiple_of(64) {
-            self.ready.notify_one();
-        }
-    }
-
-    pub fn set_probe_failures(&self, failures: Vec<(ProbeFailure, u64)>) {
-        self.lock().probe_failures = failures;
-    }
-
-    /// The agent's own drop counters for the next heartbeat.
-    pub fn set_agent_drops(&self, drops: Vec<(String, u64)>) {
-        self.lock().agent_drops = drops;
-    }
-
-    /// Records counted as unsent so far.
-    pub fn unsent(&self) -> u64 {
-        self.lock().unsent
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().queue.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn take(&self, max: usize) -> Vec<v1::Record> {
-        let mut state = self.lock();
-        let n = state.queue.len().min(max);
-        state.queue.drain(..n).collect()
-    }
-
-    fn count_unsent(&self, records: usize) {
-        self.lock().unsent += records as u64;
-    }
-
-    fn count_sent(&self, records: usize) {
-        self.lock().sent += records as u64;
-    }
-}
-
 async fn endpoint(options: &ReporterOptions) -> Result<Endpoint> {
     let url_error = |source| Error::Url {
         url: options.server.clone(),
@@ -203,6 +108,8 @@ async fn endpoint(options: &ReporterOptions) -> Result<Endpoint> {
     let mut endpoint = Endpoint::from_shared(options.server.clone())
         .map_err(url_error)?
         .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(delivery::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(delivery::KEEPALIVE_TIMEOUT)
         .tcp_nodelay(true);
     if let Some(tls) = &options.tls {
         let read = |flag, path: &std::path::Path| {
@@ -253,24 +160,14 @@ fn heartbeat(options: &ReporterOptions, facts: &AgentFacts, outbox: &Outbox) -> 
     })
 }
 
-/// Whether the server refused the batches themselves (resending cannot help).
-fn refused(code: Code) -> bool {
-    matches!(
-        code,
-        Code::InvalidArgument
-            | Code::OutOfRange
-            | Code::ResourceExhausted
-            | Code::FailedPrecondition
-    )
-}
-
 /// What an observation that reported to the server ended with.
 #[derive(Debug)]
 pub struct Reported {
     pub summary: crate::observe::Summary,
     /// Records that could not be kept or that the server refused.
     pub unsent: u64,
-    /// Records still waiting in the outbox when observation stopped.
+    /// Records the server had not acknowledged when the agent gave up delivering
+    /// (`FLUSH_TIMEOUT` after observation stopped); 0 when everything was delivered.
     pub still_queued: usize,
 }
 
@@ -302,106 +199,29 @@ pub async fn observe_and_report(
             .to_owned(),
     };
     tracing::info!(server = %reporter.server, node = %reporter.node, "reporting to the graph server");
-    let reporting = tokio::spawn(run(reporter, facts, Arc::clone(&outbox)));
+    let mut reporting = tokio::spawn(run(reporter, facts, Arc::clone(&outbox)));
     let queued = Arc::clone(&outbox);
     let sink = move |record| queued.push(&record);
     let observed =
         crate::observe::observe_when_ready(&mut probes, &options, stop, sink, ready).await;
-    reporting.abort();
+    // Observation is over: nothing more comes in. Deliver what is left.
+    outbox.close();
+    match tokio::time::timeout(FLUSH_TIMEOUT, &mut reporting).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "reporting stopped"),
+        Ok(Err(join)) => tracing::error!(%join, "report task failed"),
+        Err(_) => {
+            reporting.abort();
+            tracing::warn!(
+                still_queued = outbox.still_queued(),
+                timeout = ?FLUSH_TIMEOUT,
+                "the graph server did not take every record before the agent stopped"
+            );
+        }
+    }
     Ok(Reported {
         summary: observed?,
         unsent: outbox.unsent(),
-        still_queued: outbox.len(),
+        still_queued: outbox.still_queued(),
     })
-}
-
-/// Sends the outbox's records until the process ends.
-pub async fn run(options: ReporterOptions, facts: AgentFacts, outbox: Arc<Outbox>) -> Result<()> {
-    let endpoint = endpoint(&options).await?;
-    let mut backoff = Duration::from_millis(100);
-    let mut sequence = 0u64;
-    let mut unacknowledged: VecDeque<(u64, Vec<v1::Record>)> = VecDeque::new();
-    loop {
-        let channel: Channel = match endpoint.connect().await {
-            Ok(channel) => channel,
-            Err(error) => {
-                tracing::warn!(server = %options.server, %error, retry_in = ?backoff, "cannot reach the graph server");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        let mut client = IngestClient::new(channel);
-        let (tx, rx) = mpsc::channel::<AgentMessage>(64);
-        let call = tokio::spawn(async move {
-            client
-                .report(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-        });
-        // Every stream starts with a heartbeat, so the server hears from the node at least
-        // every `STREAM_LIFETIME`.
-        let mut open = tx.send(heartbeat(&options, &facts, &outbox)).await.is_ok();
-        for (batch_sequence, records) in &unacknowledged {
-            if !open {
-                break;
-            }
-            open = tx
-                .send(AgentMessage::batch(
-                    options.node.clone(),
-                    *batch_sequence,
-                    records.clone(),
-                ))
-                .await
-                .is_ok();
-        }
-        let deadline = tokio::time::Instant::now() + STREAM_LIFETIME;
-        while open && tokio::time::Instant::now() < deadline {
-            if outbox.len() < options.batch_records {
-                let wait = options
-                    .flush_interval
-                    .min(deadline - tokio::time::Instant::now());
-                let _ = tokio::time::timeout(wait, outbox.ready.notified()).await;
-            }
-            let records = outbox.take(options.batch_records);
-            if records.is_empty() {
-                continue;
-            }
-            sequence += 1;
-            unacknowledged.push_back((sequence, records.clone()));
-            open = tx
-                .send(AgentMessage::batch(options.node.clone(), sequence, records))
-                .await
-                .is_ok();
-        }
-        drop(tx);
-        match call.await {
-            Ok(Ok(summary)) => {
-                let last = summary.into_inner().last_sequence;
-                let (acknowledged, pending): (Vec<_>, Vec<_>) =
-                    unacknowledged.drain(..).partition(|(s, _)| *s <= last);
-                outbox.count_sent(acknowledged.iter().map(|(_, r)| r.len()).sum());
-                unacknowledged = pending.into();
-                backoff = Duration::from_millis(100);
-            }
-            Ok(Err(status)) if refused(status.code()) => {
-                let records: usize = unacknowledged.iter().map(|(_, r)| r.len()).sum();
-                tracing::error!(%status, records, "the graph server refused batches; counted as unsent");
-                outbox.count_unsent(records);
-                unacknowledged.clear();
-            }
-            Ok(Err(status)) => {
-                tracing::warn!(%status, retry_in = ?backoff, "stream to the graph server ended");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Err(join) => tracing::error!(%join, "report task failed"),
-        }
-        // Keep what is not acknowledged within the buffer bound.
-        let capacity = options.buffer_records;
-        while unacknowledged.iter().map(|(_, r)| r.len()).sum::<usize>() > capacity {
-            if let Some((_, dropped)) = unacknowledged.pop_front() {
-                outbox.count_unsent(dropped.len());
-            }
-        }
-    }
 }

@@ -3,7 +3,8 @@
 //! with a status naming what was wrong; the agent reconnects and the server keeps serving.
 //! With mTLS, a stream may only report for the node its client certificate names
 //! ([`identity`]).
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use nephilia_proto::v1::{AgentMessage, Batch, Heartbeat, ReportSummary, agent_message};
 use nephilia_proto::{MAX_BATCH_RECORDS, PROTOCOL_VERSION};
@@ -200,13 +201,50 @@ fn heartbeat(
     Ok(heartbeat)
 }
 
+/// The last batch kept from each node's agent. An agent sends every batch it has no
+/// acknowledgement for again on its next stream; when the stream broke after the server
+/// had kept some of them, those are acknowledged again but not counted twice.
+#[derive(Debug, Default)]
+pub struct BatchLedger {
+    /// node → (agent instance, last sequence kept). One entry per node: a new instance
+    /// is a restarted agent, whose sequence starts again.
+    last: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl BatchLedger {
+    /// Whether batch `sequence` of agent `instance` on `node` is new, recording it as kept
+    /// if so. Agents that do not give an instance (0) are not deduplicated.
+    pub fn admit(&self, node: &str, instance: u64, sequence: u64) -> bool {
+        if instance == 0 {
+            return true;
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get_mut(node) {
+            Some((kept_instance, kept)) if *kept_instance == instance => {
+                if sequence <= *kept {
+                    return false;
+                }
+                *kept = sequence;
+            }
+            _ => {
+                last.insert(node.to_owned(), (instance, sequence));
+            }
+        }
+        true
+    }
+}
+
 pub struct IngestService {
     state: Arc<AppState>,
+    ledger: BatchLedger,
 }
 
 impl IngestService {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            ledger: BatchLedger::default(),
+        }
     }
 
     /// The tonic service with the message size limit applied.
@@ -237,8 +275,14 @@ impl IngestService {
     ) -> Result<(), IngestError> {
         match message.body.ok_or(IngestError::EmptyMessage)? {
             agent_message::Body::Batch(batch) => {
-                let sequence = batch.sequence;
+                let (sequence, instance) = (batch.sequence, batch.agent_instance);
                 let (node, records) = validate(batch, identity)?;
+                if !self.ledger.admit(&node, instance, sequence) {
+                    tracing::debug!(node, sequence, "batch already kept; acknowledged again");
+                    summary.batches_duplicate += 1;
+                    summary.last_sequence = sequence;
+                    return Ok(());
+                }
                 let count = records.len() as u64;
                 let now = self.state.now_ns();
                 self.state.store().ingest(&node, records, now);

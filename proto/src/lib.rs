@@ -45,8 +45,18 @@ impl v1::AgentMessage {
                 node: node.into(),
                 sequence,
                 records,
+                agent_instance: 0,
             })),
         }
+    }
+
+    /// The same batch stamped with the sending agent's `instance` (random per process),
+    /// which lets the server drop a batch it already kept; other messages are unchanged.
+    pub fn with_agent_instance(mut self, instance: u64) -> Self {
+        if let Some(v1::agent_message::Body::Batch(batch)) = &mut self.body {
+            batch.agent_instance = instance;
+        }
+        self
     }
 
     /// A heartbeat message; `protocol_version` is forced to this crate's version.

@@ -3,7 +3,9 @@
 //! On Linux 6.6+ programs attach through TCX links: no qdisc is created, and a link is
 //! a file descriptor, so nothing outlives the agent even when it is killed. Older
 //! kernels get the `clsact` qdisc (added only if absent, removed on detach if the agent
-//! added it) and netlink filters, removed on detach from inside the namespace.
+//! added it) and netlink filters, removed on detach from inside the namespace. Netlink
+//! filters outlive a killed agent: the next one removes them when it starts
+//! ([`remove_leftovers`]).
 //!
 //! Which interfaces (see `CaptureMode`):
 //! - `lo` egress of every enrolled pod (a listener on the mesh's outbound port, 15001,
@@ -13,7 +15,7 @@
 //!   only carries HBONE (TLS), which is not copied;
 //! - with `all`, `lo` of every namespace that is not the host's as well.
 
-use std::{collections::HashMap, process::Command};
+use std::collections::HashMap;
 
 use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType,
@@ -21,7 +23,7 @@ use aya::programs::{
 };
 
 use super::{
-    CaptureMode, TcAttachMode,
+    CaptureMode, TcAttachMode, clsact,
     namespaces::{self, Facts, Namespace},
 };
 use crate::{
@@ -128,10 +130,10 @@ impl Attachment {
         let _ = namespaces::run_in(&self.namespace, move || {
             for mut hook in hooks {
                 drop(hook.link.take());
-                if hook.added_clsact {
-                    let _ = Command::new("tc")
-                        .args(["qdisc", "del", "dev", &hook.interface, "clsact"])
-                        .output();
+                if hook.added_clsact
+                    && let Err(error) = clsact::remove(&hook.interface)
+                {
+                    tracing::warn!(interface = hook.interface, %error, "clsact qdisc not removed");
                 }
             }
         });
@@ -246,6 +248,61 @@ impl Drop for Attachments {
     }
 }
 
+/// A capture filter a killed agent left, removed by [`remove_leftovers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leftover {
+    pub netns: u64,
+    pub interface: String,
+    pub direction: Direction,
+    /// The `clsact` qdisc was left empty by the removal and went too.
+    pub removed_clsact: bool,
+}
+
+/// Removes the capture filters a killed agent left in every namespace (netlink mode:
+/// filters live in the kernel, not in the agent's descriptors, so SIGKILL leaves them
+/// copying traffic into a ring buffer nobody reads). A `clsact` qdisc they leave empty is
+/// removed too: an agent that attached there had added it when absent. Only one agent
+/// runs per node, so any filter of these names belongs to a dead one.
+pub fn remove_leftovers() -> Vec<Leftover> {
+    let mut removed = Vec::new();
+    for namespace in namespaces::discover() {
+        let inode = namespace.inode;
+        let found = namespaces::run_in(&namespace, move || {
+            let mut found = Vec::new();
+            for interface in namespaces::facts(0).interfaces {
+                let mut any = false;
+                for direction in [Direction::Egress, Direction::Ingress] {
+                    if tc::qdisc_detach_program(
+                        &interface.name,
+                        direction.tc(),
+                        direction.program(),
+                    )
+                    .is_ok()
+                    {
+                        any = true;
+                        found.push(Leftover {
+                            netns: inode,
+                            interface: interface.name.clone(),
+                            direction,
+                            removed_clsact: false,
+                        });
+                    }
+                }
+                if any
+                    && clsact::has_filters(&interface.name).is_ok_and(|has| !has)
+                    && clsact::remove(&interface.name).is_ok()
+                    && let Some(last) = found.last_mut()
+                {
+                    last.removed_clsact = true;
+                }
+            }
+            found
+        });
+        removed.extend(found.unwrap_or_default());
+    }
+    removed
+}
+
 /// The hooks a namespace gets.
 pub fn targets(
     mode: CaptureMode,
@@ -348,9 +405,7 @@ fn attach_here(
         }),
         Err(source) => {
             if added_clsact {
-                let _ = Command::new("tc")
-                    .args(["qdisc", "del", "dev", interface, "clsact"])
-                    .output();
+                let _ = clsact::remove(interface);
             }
             Err(failed(source))
         }
