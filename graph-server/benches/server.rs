@@ -153,7 +153,9 @@ fn ingest(mut store: Option<&mut Store>, batches: &[Vec<u8>]) -> f64 {
         let (node, records) = validate(batch, None).expect("valid batch");
         count += records.len();
         match store.as_deref_mut() {
-            Some(store) => store.ingest(&node, records, T0 + 60 * SECOND),
+            Some(store) => {
+                store.ingest(&node, records, T0 + 60 * SECOND);
+            }
             None => drop(std::hint::black_box(records)),
         }
     }

@@ -1,7 +1,7 @@
 //! The HTTP API (axum). [`app`] builds the router so tests call it without a socket.
 //! Every endpoint but /healthz and /readyz needs the bearer token when one is set.
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
@@ -27,6 +27,7 @@ mod prometheus;
 
 pub use error::AppError;
 use params::Params;
+pub use prometheus::SeriesLimits;
 
 /// Where "now" comes from: the wall clock, or a fixed instant in tests.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +43,11 @@ pub struct AppState {
     token: Option<String>,
     clock: Clock,
     ready: AtomicBool,
+    /// Why a background task (maintenance, OTLP sender) died: the server is then no
+    /// longer ready, and stops.
+    failure: OnceLock<String>,
+    /// Caps on the per-edge and per-agent series of /metrics.
+    series_limits: SeriesLimits,
     /// Set with `--otlp-endpoint`.
     otlp: Option<Arc<SpanExporter>>,
 }
@@ -53,6 +59,8 @@ impl AppState {
             token: token.filter(|t| !t.is_empty()),
             clock,
             ready: AtomicBool::new(false),
+            failure: OnceLock::new(),
+            series_limits: SeriesLimits::default(),
             otlp: None,
         }
     }
@@ -61,6 +69,12 @@ impl AppState {
     /// [track](crate::trace::TraceStore::track_export) them).
     pub fn with_otlp(mut self, exporter: Arc<SpanExporter>) -> Self {
         self.otlp = Some(exporter);
+        self
+    }
+
+    /// Caps the per-edge and per-agent series of /metrics at `limits`.
+    pub fn with_series_limits(mut self, limits: SeriesLimits) -> Self {
+        self.series_limits = limits;
         self
     }
 
@@ -86,6 +100,16 @@ impl AppState {
     /// Called once both listeners are bound.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Marks the server failed (the first reason given stays): /readyz answers 503 with it.
+    pub fn fail(&self, reason: String) {
+        let _ = self.failure.set(reason);
+    }
+
+    /// Why the server failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 }
 
@@ -134,7 +158,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if let Some(reason) = state.failure() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failed: {reason}\n"),
+        )
+            .into_response()
+    } else if state.ready.load(Ordering::Acquire) {
         "ready\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response()
@@ -339,7 +369,7 @@ async fn flows(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Valu
 
 async fn agents(State(state): State<Arc<AppState>>) -> Json<Value> {
     let store = state.store();
-    let agents: Vec<_> = store.agents.values().collect();
+    let agents: Vec<_> = store.agents().values().collect();
     Json(json!({ "agents": agents }))
 }
 
@@ -350,7 +380,8 @@ async fn openapi() -> Json<Value> {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let now = state.now_ns();
     let otlp = state.otlp().map(|e| e.stats());
-    let body = prometheus::render(&state.store(), otlp, now);
+    let snapshot = prometheus::MetricsSnapshot::take(&state.store(), state.series_limits, now);
+    let body = snapshot.render(otlp);
     (
         [(
             header::CONTENT_TYPE,

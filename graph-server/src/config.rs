@@ -54,6 +54,14 @@ pub struct ServerArgs {
     /// Most recent records kept for /api/v1/flows.
     #[arg(long, default_value_t = 50_000)]
     pub max_flows: usize,
+    /// Edges /metrics renders series for at most: the busiest (most requests and
+    /// connections); `nephilia_metrics_omitted{what="edges"}` counts the others.
+    #[arg(long, default_value_t = 1000)]
+    pub metrics_max_edges: usize,
+    /// Agents /metrics renders series for at most: the most recently seen;
+    /// `nephilia_metrics_omitted{what="agents"}` counts the others.
+    #[arg(long, default_value_t = 5000)]
+    pub metrics_max_agents: usize,
     /// Server certificate (PEM) for gRPC mTLS.
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,

@@ -283,11 +283,19 @@ impl IngestService {
                     summary.last_sequence = sequence;
                     return Ok(());
                 }
-                let count = records.len() as u64;
                 let now = self.state.now_ns();
-                self.state.store().ingest(&node, records, now);
+                let outcome = self.state.store().ingest(&node, records, now);
+                if outcome.refused.total() > 0 {
+                    tracing::warn!(
+                        node,
+                        sequence,
+                        too_old = outcome.refused.too_old,
+                        in_future = outcome.refused.in_future,
+                        "refused records whose time lies outside [now - retention, now + 5 min]"
+                    );
+                }
                 summary.batches_accepted += 1;
-                summary.records_accepted += count;
+                summary.records_accepted += outcome.accepted;
                 summary.last_sequence = sequence;
             }
             agent_message::Body::Heartbeat(message) => {

@@ -83,7 +83,9 @@ impl OutageDetector {
         }
     }
 
-    /// Evaluates every bucket that ended at least [`GRACE_NS`] before `now_ns`.
+    /// Evaluates every bucket that ended at least [`GRACE_NS`] before `now_ns`. Times are
+    /// the agents' and so arbitrary: a bucket whose judging time does not fit in a u64 is
+    /// never due, rather than wrapping around to look due.
     pub fn advance(&mut self, topology: &Topology, now_ns: u64) {
         let width = topology.bucket_width_ns();
         if self.next_bucket_ns == 0 {
@@ -92,20 +94,30 @@ impl OutageDetector {
                 None => return,
             }
         }
-        while self.next_bucket_ns + width + GRACE_NS <= now_ns {
+        let due = |start: u64| {
+            start
+                .checked_add(width)
+                .and_then(|end| end.checked_add(GRACE_NS))
+                .is_some_and(|judged| judged <= now_ns)
+        };
+        while due(self.next_bucket_ns) {
             let start = self.next_bucket_ns;
+            // `due` checked that this fits.
+            let end = start + width;
             self.evaluate(topology, start);
-            // Skip empty stretches once nothing is open: there is nothing to close.
-            self.next_bucket_ns = match topology.buckets(start + width, u64::MAX).next() {
-                Some((next, _)) if !self.outages.iter().any(|o| o.open) => next,
-                _ => start + width,
+            // Skip empty stretches once nothing is open: there is nothing to close. Never
+            // past a bucket not yet due (a clock ahead of ours): buckets before it may
+            // still fill.
+            self.next_bucket_ns = match topology.buckets(end, u64::MAX).next() {
+                Some((next, _)) if !self.outages.iter().any(|o| o.open) && due(next) => next,
+                _ => end,
             };
         }
     }
 
     /// Judges the bucket starting at `start_ns`.
     pub fn evaluate(&mut self, topology: &Topology, start_ns: u64) {
-        let end_ns = start_ns + topology.bucket_width_ns();
+        let end_ns = start_ns.saturating_add(topology.bucket_width_ns());
         let failing: Vec<(EdgeKey, &EdgeMetrics)> = topology
             .buckets(start_ns, end_ns)
             .flat_map(|(_, b)| b.edges())
@@ -137,6 +149,10 @@ impl OutageDetector {
                     outage.open = false;
                     outage.end_ns = Some(outage.last_failing_end_ns);
                     outage.end = Some(rfc3339(outage.last_failing_end_ns));
+                    // Only an open outage absorbs edges; a closed one keeps its summary,
+                    // not endpoint ids the directory may reuse.
+                    outage.edges = HashMap::new();
+                    outage.nodes = HashSet::new();
                 }
             }
         }
@@ -184,6 +200,15 @@ impl OutageDetector {
     pub fn evict_before(&mut self, t_ns: u64) {
         self.outages
             .retain(|o| o.end_ns.is_none_or(|end| end >= t_ns));
+    }
+
+    /// Endpoint ids the open outages refer to: they must stay in the directory.
+    pub fn open_endpoints(&self) -> Vec<u32> {
+        self.outages
+            .iter()
+            .filter(|o| o.open)
+            .flat_map(|o| o.nodes.iter().copied())
+            .collect()
     }
 
     pub fn open_count(&self) -> usize {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use nephilia_proto::v1;
 use serde::Serialize;
 
+use crate::store::heap_bytes;
+
 /// Why a record in a batch was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -287,25 +289,32 @@ impl Record {
         }
     }
 
-    /// Rough heap + inline size, for memory accounting. A request or mesh flow shared
-    /// with the trace store is counted in full by both, so the estimate errs high.
+    /// Rough heap + inline size, for memory accounting: what the allocator hands out for
+    /// the record and its strings. A request or mesh flow shared with the trace store is
+    /// counted in full by both, so the estimate errs high.
     pub fn estimated_bytes(&self) -> usize {
         let heap = match self {
             Self::Connection(c) => c.heap_bytes(),
-            Self::MeshFlow(f) => size_of::<MeshFlow>() + f.heap_bytes(),
-            Self::Request(r) => size_of::<Request>() + r.heap_bytes(),
+            // An `Arc`'s allocation: two counts, then the value.
+            Self::MeshFlow(f) => heap_bytes(16 + size_of::<MeshFlow>()) + f.heap_bytes(),
+            Self::Request(r) => heap_bytes(16 + size_of::<Request>()) + r.heap_bytes(),
         };
         size_of::<Self>() + heap
     }
 }
 
-fn opt_len(s: &Option<String>) -> usize {
-    s.as_ref().map_or(0, String::len)
+/// What the allocator hands out for a string's bytes.
+fn text(s: &str) -> usize {
+    heap_bytes(s.len())
+}
+
+fn opt_text(s: &Option<String>) -> usize {
+    s.as_deref().map_or(0, text)
 }
 
 impl Connection {
     pub fn heap_bytes(&self) -> usize {
-        self.comm.len() + self.local.len() + self.remote.len() + opt_len(&self.error)
+        text(&self.comm) + text(&self.local) + text(&self.remote) + opt_text(&self.error)
     }
 }
 
@@ -313,37 +322,37 @@ impl MeshFlow {
     pub fn heap_bytes(&self) -> usize {
         self.source.heap_bytes()
             + self.destination.heap_bytes()
-            + self.original_destination.len()
-            + self.node.len()
+            + text(&self.original_destination)
+            + text(&self.node)
     }
 }
 
 impl Request {
     pub fn heap_bytes(&self) -> usize {
-        self.method.len()
-            + self.path.len()
-            + self.authority.len()
-            + opt_len(&self.grpc_message)
-            + opt_len(&self.trace_id)
-            + opt_len(&self.span_id)
-            + opt_len(&self.parent_span_id)
+        text(&self.method)
+            + text(&self.path)
+            + text(&self.authority)
+            + opt_text(&self.grpc_message)
+            + opt_text(&self.trace_id)
+            + opt_text(&self.span_id)
+            + opt_text(&self.parent_span_id)
             + self.source.heap_bytes()
             + self.destination.heap_bytes()
-            + self.local.len()
-            + self.remote.len()
-            + self.node.len()
+            + text(&self.local)
+            + text(&self.remote)
+            + text(&self.node)
     }
 }
 
 impl Peer {
     pub fn heap_bytes(&self) -> usize {
-        self.workload.len()
-            + self.namespace.len()
-            + self.service_account.len()
-            + self.identity.len()
-            + self.pod.len()
-            + self.ip.len()
-            + self.service.len()
+        text(&self.workload)
+            + text(&self.namespace)
+            + text(&self.service_account)
+            + text(&self.identity)
+            + text(&self.pod)
+            + text(&self.ip)
+            + text(&self.service)
     }
 }
 

@@ -3,15 +3,18 @@
 //! `--otlp-endpoint`, the OTLP sender until shutdown.
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::api::{AppState, Clock, app};
+use crate::api::{AppState, Clock, SeriesLimits, app};
 use crate::config::ServerArgs;
 use crate::ingest::IngestService;
 use crate::otlp::SpanExporter;
@@ -42,6 +45,54 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
+    /// A task that should run until shutdown (maintenance, the OTLP sender) ended: without
+    /// it retention, outages or export stop, so the server stops too.
+    #[error("the {task} task died: {reason}")]
+    BackgroundTask { task: &'static str, reason: String },
+}
+
+/// Tasks that run until shutdown. The first to end (a panic) is a failure of the server.
+#[derive(Debug, Default)]
+pub struct BackgroundTasks {
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl BackgroundTasks {
+    pub fn spawn(&mut self, task: &'static str, run: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push((task, tokio::spawn(run)));
+    }
+
+    /// Resolves when the first task ends, with which and why; pending while all run.
+    pub async fn failure(&mut self) -> ServeError {
+        std::future::poll_fn(|cx| {
+            for (task, handle) in &mut self.tasks {
+                if let Poll::Ready(result) = Pin::new(handle).poll(cx) {
+                    let reason = match result {
+                        Ok(()) => "it returned".to_owned(),
+                        Err(e) if e.is_panic() => {
+                            let panic = e.into_panic();
+                            let message = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "a panic without a message".to_owned());
+                            format!("panicked: {message}")
+                        }
+                        Err(e) => e.to_string(),
+                    };
+                    return Poll::Ready(ServeError::BackgroundTask { task, reason });
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    pub fn abort_all(&self) {
+        for (_, handle) in &self.tasks {
+            handle.abort();
+        }
+    }
 }
 
 /// Mutual TLS for ingest: the server presents `--tls-cert`/`--tls-key` and accepts only
@@ -97,19 +148,23 @@ pub fn state(args: &ServerArgs) -> Result<Arc<AppState>, ServeError> {
         .unwrap_or(10_000_000_000)
         .max(1_000_000);
     let mut store = Store::new(width, args.health, limits, args.max_flows);
+    let series = SeriesLimits {
+        max_edges: args.metrics_max_edges,
+        max_agents: args.metrics_max_agents,
+    };
     let Some(endpoint) = &args.otlp_endpoint else {
-        return Ok(Arc::new(AppState::new(
-            store,
-            args.api_token.clone(),
-            Clock::System,
-        )));
+        return Ok(Arc::new(
+            AppState::new(store, args.api_token.clone(), Clock::System).with_series_limits(series),
+        ));
     };
     store.traces.track_export();
     let capacity = usize::try_from(args.otlp_queue).unwrap_or(usize::MAX);
     let exporter = SpanExporter::new(endpoint.clone(), otlp_tls(args)?, args.otlp_delay, capacity)
         .map_err(ServeError::OtlpTls)?;
     Ok(Arc::new(
-        AppState::new(store, args.api_token.clone(), Clock::System).with_otlp(Arc::new(exporter)),
+        AppState::new(store, args.api_token.clone(), Clock::System)
+            .with_series_limits(series)
+            .with_otlp(Arc::new(exporter)),
     ))
 }
 
@@ -161,7 +216,22 @@ fn tick(state: &AppState) {
         exporter.enqueue(&settled);
     }
     state.store().maintain(now);
+    release_free_memory();
 }
+
+/// Hands the pages of freed allocations back to the kernel. glibc keeps what retention
+/// and the memory bound freed in its arenas' free lists, resident; under churn that was as
+/// much again as `--max-memory`. Called once per tick, without the store's lock.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free memory to the kernel; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 /// Runs the HTTP API on `http`, gRPC ingest on `grpc`, the maintenance tick and the OTLP
 /// sender until `shutdown` resolves.
@@ -181,28 +251,36 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let ticker = {
+    let mut background = BackgroundTasks::default();
+    {
         let state = state.clone();
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
+        background.spawn("maintenance", async move {
             let mut interval = tokio::time::interval(Duration::from_secs(1));
-            tokio::select! {
-                _ = stop => {}
-                _ = async { loop { interval.tick().await; tick(&state); } } => {}
+            loop {
+                interval.tick().await;
+                tick(&state);
             }
-        })
-    };
-    let sender = state
-        .otlp()
-        .cloned()
-        .map(|exporter| tokio::spawn(async move { exporter.run().await }));
+        });
+    }
+    if let Some(exporter) = state.otlp().cloned() {
+        background.spawn("OTLP sender", async move { exporter.run().await });
+    }
     let http_server =
         axum::serve(http, app(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_server = serve_grpc(grpc, state.clone(), tls, stopped(stop_rx));
-    let (http_result, grpc_result) = tokio::join!(http_server, grpc_server);
-    ticker.abort();
-    if let (Some(sender), Some(exporter)) = (sender, state.otlp()) {
-        sender.abort();
+    let servers = async { tokio::join!(http_server, grpc_server) };
+    let (http_result, grpc_result) = tokio::select! {
+        results = servers => results,
+        failure = background.failure() => {
+            // /readyz says why until the process is gone; the exit status says it failed.
+            state.fail(failure.to_string());
+            tracing::error!(error = %failure, "stopping");
+            background.abort_all();
+            return Err(failure);
+        }
+    };
+    background.abort_all();
+    if let Some(exporter) = state.otlp() {
         let queued = exporter.stats().queued;
         let held = state.store().traces.pending_export();
         if queued + held > 0 {

@@ -24,10 +24,29 @@ pub type EdgeKey = (u32, u32);
 /// Rough per-entry overhead of a hash map slot (control bytes, load factor).
 const MAP_ENTRY_OVERHEAD: usize = 16;
 
-/// Interned endpoints and what was learned about them.
+/// Bytes a hash table holding `capacity` entries of `(K, V)` allocates: hashbrown keeps
+/// one bucket per 7/8 of capacity, each with its entry and a control byte.
+fn table_bytes<K, V>(capacity: usize) -> usize {
+    capacity * 8 / 7 * (size_of::<(K, V)>() + 1)
+}
+
+/// Gives a table back its memory once eviction emptied most of it: a hash table never
+/// shrinks by itself, so the memory bound would otherwise keep paying for its peak.
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+) {
+    if map.len() * 8 < map.capacity() * 3 {
+        map.shrink_to_fit();
+    }
+}
+
+/// Interned endpoints and what was learned about them. Ids of endpoints no kept edge
+/// refers to any more are forgotten ([`Topology::forget_unused_endpoints`]) and reused.
 #[derive(Debug, Default)]
 pub struct Directory {
-    keys: Vec<NodeKey>,
+    /// By id; `None` for a forgotten id waiting in `free`.
+    keys: Vec<Option<NodeKey>>,
+    free: Vec<u32>,
     ids: HashMap<NodeKey, u32>,
     /// namespace → name → id for workloads and services, ip → id for externals: lookups
     /// by `&str` so the hot path allocates nothing for endpoints already known.
@@ -36,18 +55,44 @@ pub struct Directory {
     externals: HashMap<String, u32>,
     /// Workload → the service it was last reached through (for the service level).
     service_of: HashMap<u32, u32>,
+    /// Heap bytes of the keys' strings (three copies each) and the nested per-namespace
+    /// tables; the flat tables are counted by capacity in [`Directory::bytes`].
     bytes: usize,
 }
 
 impl Directory {
+    /// Heap and nested-table bytes that interning `key` adds (see [`Directory::bytes`]).
+    fn key_bytes(key: &NodeKey) -> usize {
+        let strings = crate::store::heap_bytes(key.name().len())
+            + crate::store::heap_bytes(key.namespace().map_or(0, str::len));
+        let nested = match key {
+            NodeKey::Workload { .. } | NodeKey::Service { .. } => {
+                size_of::<(String, u32)>() + MAP_ENTRY_OVERHEAD
+            }
+            NodeKey::External { .. } | NodeKey::Namespace { .. } => 0,
+        };
+        3 * strings + nested
+    }
+
+    /// Estimated bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+            + self.keys.capacity() * size_of::<Option<NodeKey>>()
+            + self.free.capacity() * size_of::<u32>()
+            + table_bytes::<NodeKey, u32>(self.ids.capacity())
+            + table_bytes::<String, u32>(self.externals.capacity())
+            + table_bytes::<u32, u32>(self.service_of.capacity())
+    }
+
     fn intern(&mut self, key: NodeKey) -> u32 {
         if let Some(&id) = self.ids.get(&key) {
             return id;
         }
-        let id = u32::try_from(self.keys.len()).expect("fewer than 4 billion endpoints");
-        self.bytes += 3
-            * (size_of::<NodeKey>() + key.name().len() + key.namespace().map_or(0, str::len))
-            + 2 * MAP_ENTRY_OVERHEAD;
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => u32::try_from(self.keys.len()).expect("fewer than 4 billion endpoints"),
+        };
+        self.bytes += Self::key_bytes(&key);
         match &key {
             NodeKey::Workload { namespace, name } => {
                 self.workloads
@@ -69,9 +114,51 @@ impl Directory {
             }
             NodeKey::Namespace { .. } => {}
         }
-        self.keys.push(key.clone());
+        if id as usize == self.keys.len() {
+            self.keys.push(Some(key.clone()));
+        } else {
+            self.keys[id as usize] = Some(key.clone());
+        }
         self.ids.insert(key, id);
         id
+    }
+
+    /// Forgets every endpoint `used` does not mark (indexed by id); returns how many.
+    fn forget_unused(&mut self, used: &[bool]) -> u64 {
+        let mut forgotten = 0;
+        for (id, slot) in self.keys.iter_mut().enumerate() {
+            if used.get(id).copied().unwrap_or(false) {
+                continue;
+            }
+            let Some(key) = slot.take() else {
+                continue;
+            };
+            self.bytes -= Self::key_bytes(&key);
+            match &key {
+                NodeKey::Workload { namespace, name } => {
+                    remove_nested(&mut self.workloads, namespace, name);
+                }
+                NodeKey::Service {
+                    namespace,
+                    hostname,
+                } => remove_nested(&mut self.services, namespace, hostname),
+                NodeKey::External { address } => {
+                    self.externals.remove(address);
+                }
+                NodeKey::Namespace { .. } => {}
+            }
+            self.ids.remove(&key);
+            let id = id as u32;
+            self.service_of.remove(&id);
+            self.free.push(id);
+            forgotten += 1;
+        }
+        if forgotten > 0 {
+            shrink_if_sparse(&mut self.ids);
+            shrink_if_sparse(&mut self.externals);
+            shrink_if_sparse(&mut self.service_of);
+        }
+        forgotten
     }
 
     fn workload(&mut self, namespace: &str, name: &str) -> u32 {
@@ -103,13 +190,22 @@ impl Directory {
         }
     }
 
-    /// Endpoints interned so far; ids are `0..len`.
+    /// Slots for ids: every id in use is below this.
     fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// Endpoints known now.
+    pub fn endpoint_count(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The endpoint `id` names. Ids come from the buckets, totals and open outages, which
+    /// keep their endpoints from being forgotten.
     pub fn key(&self, id: u32) -> &NodeKey {
-        &self.keys[id as usize]
+        self.keys[id as usize]
+            .as_ref()
+            .expect("an id in use names a kept endpoint")
     }
 
     pub fn id(&self, key: &NodeKey) -> Option<u32> {
@@ -147,10 +243,8 @@ impl Directory {
             (!peer.service.is_empty()).then(|| self.service(&peer.namespace, &peer.service));
         if !peer.workload.is_empty() {
             let id = self.workload(&peer.namespace, &peer.workload);
-            if let Some(service) = service
-                && self.service_of.insert(id, service).is_none()
-            {
-                self.bytes += 8 + MAP_ENTRY_OVERHEAD;
+            if let Some(service) = service {
+                self.service_of.insert(id, service);
             }
             return id;
         }
@@ -163,6 +257,16 @@ impl Directory {
             &peer.ip
         };
         self.external(address.trim_matches(['[', ']']))
+    }
+}
+
+/// Removes `name` from `namespace`'s table, and the table once empty.
+fn remove_nested(tables: &mut HashMap<String, HashMap<String, u32>>, namespace: &str, name: &str) {
+    if let Some(table) = tables.get_mut(namespace) {
+        table.remove(name);
+        if table.is_empty() {
+            tables.remove(namespace);
+        }
     }
 }
 
@@ -196,22 +300,28 @@ impl Bucket {
         self.entries.is_empty()
     }
 
+    /// What the entry list and its index allocate, by capacity.
+    fn tables_bytes(&self) -> usize {
+        self.entries.capacity() * size_of::<(EdgeKey, EdgeMetrics)>()
+            + table_bytes::<EdgeKey, u32>(self.index.capacity())
+    }
+
     /// The metrics of `key`, made if missing, and the bytes making them took.
     fn entry(&mut self, key: EdgeKey) -> (&mut EdgeMetrics, usize) {
-        let mut added = 0;
+        let before = self.tables_bytes();
         let i = *self.index.entry(key).or_insert_with(|| {
             self.entries.push((key, EdgeMetrics::default()));
-            added = size_of::<(EdgeKey, EdgeMetrics)>()
-                + size_of::<(EdgeKey, u32)>()
-                + MAP_ENTRY_OVERHEAD;
             (self.entries.len() - 1) as u32
         });
+        let added = self.tables_bytes() - before;
         self.bytes += added;
         (&mut self.entries[i as usize].1, added)
     }
 }
 
-/// Cumulative counters per edge since the server started, for Prometheus.
+/// Cumulative counters per edge for Prometheus, since the edge was first seen. An edge
+/// without traffic for `--retention` (or the oldest ones, when `--max-memory` needs room)
+/// is forgotten, and counts again from zero if it comes back: a counter reset.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EdgeTotals {
     pub connections: u64,
@@ -219,6 +329,17 @@ pub struct EdgeTotals {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub errors: ErrorCounts,
+    /// Time of the latest record counted (the record's own time, as buckets use).
+    pub last_seen_ns: u64,
+}
+
+/// What [`Topology::evict_before`] dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Estimated bytes freed.
+    pub bytes: usize,
+    pub buckets: usize,
+    pub edge_totals: u64,
 }
 
 /// The aggregated topology.
@@ -230,6 +351,7 @@ pub struct Topology {
     totals: FastMap<EdgeKey, EdgeTotals>,
     /// Buckets before this were evicted; records for them are late and dropped.
     floor_ns: u64,
+    /// Estimated bytes of the buckets (the tables are counted by capacity in `bytes()`).
     bytes: usize,
     /// Records dropped because their bucket was already evicted.
     pub late_records: u64,
@@ -280,7 +402,15 @@ impl Topology {
 
     /// Estimated bytes held by buckets, totals and the directory.
     pub fn bytes(&self) -> usize {
-        self.bytes + self.directory.bytes
+        self.bytes
+            + self.directory.bytes()
+            + table_bytes::<EdgeKey, EdgeTotals>(self.totals.capacity())
+            + table_bytes::<ConnectionKey, u64>(self.counted_open.capacity())
+    }
+
+    /// When the least recently seen edge total was last seen.
+    pub fn oldest_total_ns(&self) -> Option<u64> {
+        self.totals.values().map(|t| t.last_seen_ns).min()
     }
 
     pub fn oldest_ns(&self) -> Option<u64> {
@@ -291,20 +421,53 @@ impl Topology {
         &self.totals
     }
 
-    /// Drops every bucket that starts before `t_ns`; returns the bytes freed.
-    pub fn evict_before(&mut self, t_ns: u64) -> usize {
-        let keep = self.buckets.split_off(&self.bucket_start(t_ns));
+    /// Drops every bucket that starts before `t_ns`'s bucket, and the edge totals last
+    /// seen before it. Endpoints stay until [`Topology::forget_unused_endpoints`].
+    pub fn evict_before(&mut self, t_ns: u64) -> Evicted {
+        let before = self.bytes();
+        let cut = self.bucket_start(t_ns);
+        let keep = self.buckets.split_off(&cut);
         let dropped = std::mem::replace(&mut self.buckets, keep);
-        let freed: usize = dropped.values().map(|b| b.bytes).sum();
-        self.bytes -= freed;
-        self.floor_ns = self.floor_ns.max(self.bucket_start(t_ns));
+        self.bytes -= dropped.values().map(|b| b.bytes).sum::<usize>();
+        self.floor_ns = self.floor_ns.max(cut);
         // Connections not reported since (an agent stopped) are forgotten.
-        let before = self.counted_open.len();
         self.counted_open.retain(|_, last_ns| *last_ns >= t_ns);
-        let forgotten = (before - self.counted_open.len())
-            * (size_of::<(ConnectionKey, u64)>() + MAP_ENTRY_OVERHEAD);
-        self.bytes -= forgotten;
-        freed + forgotten
+        shrink_if_sparse(&mut self.counted_open);
+        // A kept bucket's edges were seen at or after its start, so keep their totals.
+        let totals = self.totals.len();
+        self.totals.retain(|_, t| t.last_seen_ns >= cut);
+        let edge_totals = (totals - self.totals.len()) as u64;
+        shrink_if_sparse(&mut self.totals);
+        Evicted {
+            bytes: before.saturating_sub(self.bytes()),
+            buckets: dropped.len(),
+            edge_totals,
+        }
+    }
+
+    /// Forgets the endpoints that no bucket, edge total or `pinned` id (an open outage's)
+    /// refers to; returns how many.
+    pub fn forget_unused_endpoints(&mut self, pinned: impl IntoIterator<Item = u32>) -> u64 {
+        let mut used = vec![false; self.directory.len()];
+        let mut mark = |id: u32| used[id as usize] = true;
+        for bucket in self.buckets.values() {
+            for ((src, dst), _) in bucket.edges() {
+                mark(src);
+                mark(dst);
+            }
+        }
+        for &(src, dst) in self.totals.keys() {
+            mark(src);
+            mark(dst);
+        }
+        pinned.into_iter().for_each(&mut mark);
+        // The service level draws a kept workload as its service.
+        for (&workload, &service) in &self.directory.service_of {
+            if used[workload as usize] {
+                used[service as usize] = true;
+            }
+        }
+        self.directory.forget_unused(&used)
     }
 
     /// Finds (or makes) the metrics of `edge` in the bucket of `at_ns`; `None` if late.
@@ -333,11 +496,10 @@ impl Topology {
         }
     }
 
-    fn total(&mut self, edge: EdgeKey) -> &mut EdgeTotals {
-        self.totals.entry(edge).or_insert_with(|| {
-            self.bytes += size_of::<(EdgeKey, EdgeTotals)>() + MAP_ENTRY_OVERHEAD;
-            EdgeTotals::default()
-        })
+    fn total(&mut self, edge: EdgeKey, at_ns: u64) -> &mut EdgeTotals {
+        let total = self.totals.entry(edge).or_default();
+        total.last_seen_ns = total.last_seen_ns.max(at_ns);
+        total
     }
 
     /// Counts a mesh flow record. Bytes count as they are reported: open flows at `now_ns`
@@ -357,23 +519,13 @@ impl Topology {
         let first_record = if !counting {
             false
         } else if flow.outcome == Outcome::Open {
-            let first = self
-                .counted_open
+            self.counted_open
                 .insert(connection_key(&self.key_hasher, flow), at)
-                .is_none();
-            if first {
-                self.bytes += size_of::<(ConnectionKey, u64)>() + MAP_ENTRY_OVERHEAD;
-            }
-            first
+                .is_none()
         } else {
-            let counted = self
-                .counted_open
+            self.counted_open
                 .remove(&connection_key(&self.key_hasher, flow))
-                .is_some();
-            if counted {
-                self.bytes -= size_of::<(ConnectionKey, u64)>() + MAP_ENTRY_OVERHEAD;
-            }
-            !counted
+                .is_none()
         };
         let mut grown = 0;
         let Some(m) = self.slot(edge, at) else {
@@ -406,7 +558,7 @@ impl Topology {
         }
         self.grew(at, grown);
         if counting {
-            let total = self.total(edge);
+            let total = self.total(edge, at);
             total.bytes_sent += flow.bytes_sent_delta;
             total.bytes_received += flow.bytes_received_delta;
             total.connections += u64::from(first_record);
@@ -441,17 +593,21 @@ impl Topology {
         }
         let grown = m.record_request_latency(request.latency_us);
         self.grew(at, grown);
-        let total = self.total(edge);
+        let total = self.total(edge, at);
         total.requests += 1;
         if let Some(kind) = error {
             total.errors.add(kind, 1);
         }
     }
 
-    /// Buckets whose start lies in `[from_ns, to_ns)`.
+    /// Buckets whose start lies in `[from_ns, to_ns)` (none when `to_ns` is not after
+    /// `from_ns`'s bucket).
     pub fn buckets(&self, from_ns: u64, to_ns: u64) -> impl Iterator<Item = (u64, &Bucket)> {
-        self.buckets
-            .range(self.bucket_start(from_ns)..to_ns)
+        let from = self.bucket_start(from_ns);
+        (from < to_ns)
+            .then(|| self.buckets.range(from..to_ns))
+            .into_iter()
+            .flatten()
             .map(|(&start, bucket)| (start, bucket))
     }
 

@@ -148,8 +148,11 @@ async fn malformed_batch_ends_its_stream_with_a_clear_status_and_the_server_keep
         assert_eq!(store.counters.requests, 1);
         assert_eq!(store.counters.mesh_flows, 1);
         assert_eq!(store.counters.rejected.get("malformed"), Some(&1));
-        assert_eq!(store.agents["node-a"].drop_counters["ring_buffer_full"], 3);
-        assert_eq!(store.agents["node-a"].records_received, 2);
+        assert_eq!(
+            store.agents()["node-a"].drop_counters["ring_buffer_full"],
+            3
+        );
+        assert_eq!(store.agents()["node-a"].records_received, 2);
     }
 
     // The same server takes the agent's next stream.

@@ -105,3 +105,27 @@ fn a_few_errors_below_the_threshold_open_nothing() {
     detector.advance(&t, T0 + 3 * W);
     assert_eq!(detector.list(0, u64::MAX).len(), 0);
 }
+
+#[test]
+fn a_bucket_at_the_end_of_time_is_never_due_and_judging_goes_on() {
+    let mut t = Topology::new(W);
+    let mut detector = OutageDetector::new(HealthThresholds::default());
+    traffic(&mut t, 0, true);
+    // An agent's clock (or a hostile one) put a request at the end of u64 time: its
+    // bucket's judging time does not fit in a u64.
+    t.add_request(&request("frontend", "checkout", u64::MAX - SECOND, 1, 200));
+    detector.advance(&t, T0 + 4 * W + GRACE_NS);
+    assert_eq!(
+        detector.open_count(),
+        0,
+        "bucket 0 opened it, 1 and 2 closed it"
+    );
+    // Outages after it still open: the detector neither wrapped around nor panicked.
+    traffic(&mut t, 5, true);
+    detector.advance(&t, T0 + 6 * W + GRACE_NS);
+    assert_eq!(detector.open_count(), 1);
+    let outages = detector.list(0, u64::MAX);
+    assert_eq!(outages.len(), 2);
+    assert_eq!(outages[0].start_ns, T0 + 5 * W + SECOND);
+    assert_eq!(outages[1].end_ns, Some(T0 + W));
+}

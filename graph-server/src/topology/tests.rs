@@ -246,14 +246,19 @@ fn eviction_frees_the_bytes_it_accounted_and_drops_late_records() {
     let mut t = shop();
     let before = t.bytes();
     assert!(before > 0);
-    let freed = t.evict_before(T0 + 10 * SECOND);
-    assert_eq!(t.bytes(), before - freed);
+    let endpoints = t.directory.endpoint_count();
+    let evicted = t.evict_before(T0 + 10 * SECOND);
+    assert_eq!(t.bytes(), before - evicted.bytes);
+    assert_eq!((evicted.buckets, evicted.edge_totals), (1, 2));
     assert_eq!(t.merged(0, u64::MAX).len(), 0);
     t.add_request(&request("frontend", "checkout", T0, 1000, 200));
     assert_eq!(t.late_records, 1);
-    // Only the directory and cumulative totals remain.
+    // The totals went with their last bucket; the endpoints go once nothing refers to them.
     assert_eq!(t.oldest_ns(), None);
-    assert_eq!(t.totals().len(), 2);
+    assert_eq!(t.totals().len(), 0);
+    assert_eq!(t.directory.endpoint_count(), endpoints);
+    assert_eq!(t.forget_unused_endpoints([]), endpoints as u64);
+    assert_eq!(t.directory.endpoint_count(), 0);
 }
 
 #[test]
