@@ -247,7 +247,7 @@ fn sigterm_delivers_every_observed_record_to_the_graph_server_before_exit() {
         records,
         "every record the agent observed reached the server or was counted as unsent: {stopped}"
     );
-    assert_eq!(store.agents["faults-node"].records_received, stored);
+    assert_eq!(store.agents()["faults-node"].records_received, stored);
     drop(store);
     drop(runtime);
 }

@@ -465,7 +465,7 @@ async fn with_mtls_a_stream_reports_only_for_the_node_its_certificate_names() {
             "nothing of a refused message is kept"
         );
         assert_eq!((store.counters.requests, store.counters.mesh_flows), (0, 0));
-        assert!(store.agents.is_empty());
+        assert!(store.agents().is_empty());
         assert_eq!(store.counters.rejected.get("permission_denied"), Some(&3));
     }
 
@@ -516,7 +516,7 @@ async fn with_mtls_a_stream_reports_only_for_the_node_its_certificate_names() {
     let store = server.state.store();
     assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
     assert_eq!(
-        store.agents.keys().collect::<Vec<_>>(),
+        store.agents().keys().collect::<Vec<_>>(),
         ["node-a", "node-c"]
     );
     assert_eq!(store.counters.rejected.get("permission_denied"), Some(&4));
@@ -551,7 +551,7 @@ async fn multi_mib_strings_are_capped_or_refused_and_never_echoed() {
     assert_eq!((summary.batches_accepted, summary.records_accepted), (1, 1));
     {
         let store = server.state.store();
-        assert_eq!(store.agents["node-a"].agent_version.len(), MAX_FIELD_BYTES);
+        assert_eq!(store.agents()["node-a"].agent_version.len(), MAX_FIELD_BYTES);
         let all = FlowFilter {
             until_ns: u64::MAX,
             limit: 10,
@@ -613,7 +613,7 @@ async fn multi_mib_strings_are_capped_or_refused_and_never_echoed() {
     let store = server.state.store();
     assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
     assert_eq!(store.counters.rejected.get("malformed"), Some(&3));
-    assert_eq!(store.agents.len(), 1);
+    assert_eq!(store.agents().len(), 1);
 }
 
 #[tokio::test]
@@ -699,7 +699,7 @@ async fn agent_drop_counters_reach_the_heartbeat_and_metrics() {
     ));
     let mut heard = false;
     for _ in 0..100 {
-        if server.state.store().agents.contains_key("node-a") {
+        if server.state.store().agents().contains_key("node-a") {
             heard = true;
             break;
         }
@@ -709,7 +709,7 @@ async fn agent_drop_counters_reach_the_heartbeat_and_metrics() {
     assert!(heard, "no heartbeat from node-a within 5 s");
     {
         let store = server.state.store();
-        let counters = &store.agents["node-a"].drop_counters;
+        let counters = &store.agents()["node-a"].drop_counters;
         assert_eq!(counters["l7_evicted_memory_budget"], 6);
         assert_eq!(counters["l7_parser_stream_overflow"], 20);
         assert_eq!(counters["mesh_flow_forgotten_idle"], 4);
