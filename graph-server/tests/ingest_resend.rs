@@ -132,7 +132,7 @@ async fn a_batch_resent_after_its_stream_broke_is_acknowledged_and_counted_once(
         let store = state.store();
         assert_eq!(store.counters.requests, 6);
         assert_eq!(store.counters.batches, 3);
-        assert_eq!(store.agents["node-a"].records_received, 6);
+        assert_eq!(store.agents()["node-a"].records_received, 6);
     }
 
     // A restarted agent (another instance) starts its sequence again at 1: new data.
