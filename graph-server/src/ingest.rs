@@ -17,6 +17,17 @@ mod identity;
 
 pub use identity::{IdentityError, NodeIdentity};
 
+/// Every `reason` of `nephilia_ingest_rejected_total`: [`IngestError::reason`], and
+/// `too_large` / `undecodable` for messages tonic could not decode.
+pub const REJECT_REASONS: [&str; 6] = [
+    "malformed",
+    "version",
+    "too_many_records",
+    "too_large",
+    "undecodable",
+    "permission_denied",
+];
+
 /// Why a message was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -69,10 +80,12 @@ impl IngestError {
     /// Label of `nephilia_ingest_rejected_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::EmptyMessage | Self::MissingNode { .. } | Self::Record { .. } => "malformed",
+            Self::EmptyMessage
+            | Self::MissingNode { .. }
+            | Self::NodeTooLong { .. }
+            | Self::Record { .. } => "malformed",
             Self::Version { .. } => "version",
             Self::TooManyRecords { .. } => "too_many_records",
-            Self::NodeTooLong { .. } => "malformed",
             Self::Unidentified(_) | Self::WrongNode { .. } => "permission_denied",
         }
     }

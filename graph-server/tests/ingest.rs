@@ -513,13 +513,35 @@ async fn with_mtls_a_stream_reports_only_for_the_node_its_certificate_names() {
         .await
         .unwrap();
     assert_eq!(summary.heartbeats, 1);
-    let store = server.state.store();
-    assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
-    assert_eq!(
-        store.agents().keys().collect::<Vec<_>>(),
-        ["node-a", "node-c"]
+    {
+        let store = server.state.store();
+        assert_eq!((store.counters.batches, store.counters.requests), (1, 1));
+        assert_eq!(
+            store.agents().keys().collect::<Vec<_>>(),
+            ["node-a", "node-c"]
+        );
+        assert_eq!(store.counters.rejected.get("permission_denied"), Some(&4));
+    }
+
+    // Operators see the refusals on /metrics.
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = nephilia_graph_server::api::app(server.state.clone())
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let metrics = String::from_utf8(body.to_vec()).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "nephilia_ingest_rejected_total{reason=\"permission_denied\"} 4"),
+        "{metrics}"
     );
-    assert_eq!(store.counters.rejected.get("permission_denied"), Some(&4));
 }
 
 #[tokio::test]

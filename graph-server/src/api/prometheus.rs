@@ -315,13 +315,7 @@ impl MetricsSnapshot {
             "counter",
             "Agent messages rejected, by reason.",
         );
-        for reason in [
-            "malformed",
-            "version",
-            "too_many_records",
-            "too_large",
-            "undecodable",
-        ] {
+        for reason in crate::ingest::REJECT_REASONS {
             let n = c.rejected.get(reason).copied().unwrap_or_default();
             let _ = writeln!(
                 out,
