@@ -294,3 +294,46 @@ pub async fn serve(
     http_result.map_err(ServeError::Http)?;
     grpc_result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HealthThresholds;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_background_task_fails_readyz_with_its_reason() {
+        let limits = Limits {
+            retention_ns: 3_600_000_000_000,
+            max_memory_bytes: 64 << 20,
+        };
+        let store = Store::new(10_000_000_000, HealthThresholds::default(), limits, 10);
+        let state = Arc::new(AppState::new(store, None, Clock::Fixed(1)));
+        state.set_ready();
+        let mut tasks = BackgroundTasks::default();
+        tasks.spawn("OTLP sender", std::future::pending());
+        tasks.spawn("maintenance", async {
+            panic!("bucket arithmetic overflowed")
+        });
+        let failure = tasks.failure().await;
+        assert_eq!(
+            failure.to_string(),
+            "the maintenance task died: panicked: bucket arithmetic overflowed"
+        );
+        tasks.abort_all();
+        state.fail(failure.to_string());
+        let response = app(state)
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            "failed: the maintenance task died: panicked: bucket arithmetic overflowed\n"
+        );
+    }
+}

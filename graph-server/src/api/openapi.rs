@@ -177,7 +177,10 @@ pub fn document() -> Value {
                     "node": { "type": "string" }, "agent_version": { "type": "string" }, "kernel_release": { "type": "string" },
                     "attached_programs": { "type": "array", "items": { "type": "string" } },
                     "drop_counters": { "type": "object", "additionalProperties": { "type": "integer" } },
-                    "records_sent": { "type": "integer" }, "records_received": { "type": "integer" }, "last_heartbeat_ns": { "type": "integer" }
+                    "records_sent": { "type": "integer" }, "records_received": { "type": "integer" },
+                    "records_refused": object(json!({ "too_old": { "type": "integer" }, "in_future": { "type": "integer" } })),
+                    "last_heartbeat_ns": { "type": "integer", "description": "0 until the first heartbeat" },
+                    "last_seen_ns": { "type": "integer", "description": "last heartbeat or batch" }
                 })) } }))
             }
         },
