@@ -32,17 +32,23 @@ impl Drop for Server {
     }
 }
 
-async fn server() -> Server {
+/// A server's state whose clock stands 10 s after the records' `T0`, so none of them lies
+/// outside the window the store accepts.
+fn state_at_t0() -> Arc<AppState> {
     let limits = Limits {
         retention_ns: 3_600_000_000_000,
         max_memory_bytes: 64 << 20,
     };
     let store = Store::new(10_000_000_000, HealthThresholds::default(), limits, 1000);
-    let state = Arc::new(AppState::new(
+    Arc::new(AppState::new(
         store,
         None,
         Clock::Fixed(T0 + 10_000_000_000),
-    ));
+    ))
+}
+
+async fn server() -> Server {
+    let state = state_at_t0();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -309,7 +315,7 @@ async fn serve_tls(
         ])
     };
     let tls = nephilia_graph_server::server::ingest_tls(&args).unwrap();
-    let state = nephilia_graph_server::server::state(&args).unwrap();
+    let state = state_at_t0();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(serve_grpc(
@@ -573,7 +579,10 @@ async fn multi_mib_strings_are_capped_or_refused_and_never_echoed() {
     assert_eq!((summary.batches_accepted, summary.records_accepted), (1, 1));
     {
         let store = server.state.store();
-        assert_eq!(store.agents()["node-a"].agent_version.len(), MAX_FIELD_BYTES);
+        assert_eq!(
+            store.agents()["node-a"].agent_version.len(),
+            MAX_FIELD_BYTES
+        );
         let all = FlowFilter {
             until_ns: u64::MAX,
             limit: 10,
