@@ -93,8 +93,10 @@ async fn a_server_that_stops_answering_is_left_within_30_s_and_nothing_is_lost()
     // no FIN), as a dead node or a dropped route looks from the agent.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let outbox = Outbox::new(10_000);
-    for cookie in 0..300 {
+    // 24 batches of 500: more than one stream sends again (20), so the backlog is caught
+    // up over two streams once the server is back.
+    let outbox = Outbox::new(20_000);
+    for cookie in 0..12_000 {
         outbox.push(&connection(cookie));
     }
     let reporter = tokio::spawn(report::run(options(addr), facts(), Arc::clone(&outbox)));
@@ -120,27 +122,32 @@ async fn a_server_that_stops_answering_is_left_within_30_s_and_nothing_is_lost()
     );
     assert_eq!(
         outbox.still_queued(),
-        300,
+        12_000,
         "unacknowledged records are kept"
     );
     assert_eq!(outbox.sent(), 0);
+
+    // Records keep coming during the outage.
+    for cookie in 12_000..12_100 {
+        outbox.push(&connection(cookie));
+    }
 
     // The real server comes back on the same address: everything arrives, once.
     drop(listener);
     drop(held);
     let state = graph_server(tokio::net::TcpListener::bind(addr).await.unwrap());
     wait_until(
-        "300 connections in the store",
+        "12 100 connections in the store",
         Duration::from_secs(40),
-        || state.store().counters.connections >= 300,
+        || state.store().counters.connections >= 12_100,
     )
     .await;
     wait_until("the acknowledgement", Duration::from_secs(10), || {
         outbox.still_queued() == 0
     })
     .await;
-    assert_eq!(state.store().counters.connections, 300);
-    assert_eq!((outbox.sent(), outbox.unsent()), (300, 0));
+    assert_eq!(state.store().counters.connections, 12_100);
+    assert_eq!((outbox.sent(), outbox.unsent()), (12_100, 0));
     reporter.abort();
 }
 

@@ -283,13 +283,13 @@ fn filters_a_sigkilled_agent_left_are_removed_by_the_next_agent() {
 
     // The next agent, even with the capture off, removes what the dead one left.
     let mut next = Agent::start(&["observe", "--l7-capture", "off", "--duration", "1"], &[]);
-    let removed = next.wait_for(
-        "removed an L7 capture filter a previous agent left",
-        Duration::from_secs(30),
-    );
-    assert_eq!(removed["interface"], "lo", "{removed}");
     assert!(next.wait_exit(Duration::from_secs(30)).success());
     assert_eq!(pod.capture_filters(), "", "no capture filter is left");
+    let removed = next.wait_for(
+        "removed an L7 capture filter a previous agent left",
+        Duration::from_secs(5),
+    );
+    assert_eq!(removed["interface"], "lo", "{removed}");
     assert!(!pod.has_clsact(), "the qdisc the dead agent added went too");
 }
 
