@@ -9,7 +9,8 @@ use crate::{run_command, step};
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2/iptables/procps for the network
 /// namespaces of the tests and the testbed; Chromium (and an emoji font for the UI's
-/// lock glyph) for the browser tests.
+/// lock glyph) for the browser tests; openssl for the chart's certificate script
+/// (`deploy/tls/issue-certificates.sh`), which the deploy and ingest tests run.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +21,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "chromium",
     "fonts-noto-color-emoji",
+    "openssl",
 ];
 
 /// The bpf-linker release known to work with LLVM 22 and the aya 0.14 line.
