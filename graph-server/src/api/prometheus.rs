@@ -285,6 +285,17 @@ pub fn render(store: &Store, otlp: Option<ExportStats>, now_ns: u64) -> String {
         "Spans kept for traces.",
     );
     let _ = writeln!(out, "nephilia_trace_spans {}", store.traces.span_count());
+    header(
+        &mut out,
+        "nephilia_trace_spans_dropped_total",
+        "counter",
+        "Spans left out of trace views (GET /api/v1/traces/{id}) because their trace had more than 10000 spans; each answer counts its own.",
+    );
+    let _ = writeln!(
+        out,
+        "nephilia_trace_spans_dropped_total {}",
+        store.traces.spans_dropped()
+    );
     if let Some(otlp) = otlp {
         render_otlp(&mut out, store, otlp);
     }
