@@ -92,20 +92,25 @@ impl OutageDetector {
                 None => return,
             }
         }
-        while self.next_bucket_ns + width + GRACE_NS <= now_ns {
+        // Saturating: a record stamped near u64::MAX (a broken or hostile agent) makes a
+        // bucket whose end does not fit in u64.
+        while self.next_bucket_ns.saturating_add(width + GRACE_NS) <= now_ns {
             let start = self.next_bucket_ns;
             self.evaluate(topology, start);
             // Skip empty stretches once nothing is open: there is nothing to close.
-            self.next_bucket_ns = match topology.buckets(start + width, u64::MAX).next() {
+            self.next_bucket_ns = match topology
+                .buckets(start.saturating_add(width), u64::MAX)
+                .next()
+            {
                 Some((next, _)) if !self.outages.iter().any(|o| o.open) => next,
-                _ => start + width,
+                _ => start.saturating_add(width),
             };
         }
     }
 
     /// Judges the bucket starting at `start_ns`.
     pub fn evaluate(&mut self, topology: &Topology, start_ns: u64) {
-        let end_ns = start_ns + topology.bucket_width_ns();
+        let end_ns = start_ns.saturating_add(topology.bucket_width_ns());
         let failing: Vec<(EdgeKey, &EdgeMetrics)> = topology
             .buckets(start_ns, end_ns)
             .flat_map(|(_, b)| b.edges())

@@ -124,14 +124,15 @@ impl TraceStore {
             }
             // The trace as `GET /api/v1/traces/{id}` assembles it; its own root always in
             // it (whatever ids the records carry).
-            let mut roots = self.roots_of(&mut links, &self.trace_id_of(root));
+            let trace_id = self.trace_id_of(root);
+            let mut roots = self.roots_of(&mut links, &trace_id);
             if !roots.contains(&root) {
                 roots.push(root);
             }
             judged_roots.extend(roots.iter().copied());
             // Every span leaves: no limit on the spans of one trace here.
             let spans = self
-                .assemble_spans(&mut links, &roots, false, usize::MAX)
+                .assemble_spans(&mut links, trace_id, &roots, false, usize::MAX)
                 .spans;
             let held: Vec<(SpanView, Origin, u64)> = spans
                 .into_iter()

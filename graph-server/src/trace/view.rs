@@ -243,7 +243,7 @@ impl TraceStore {
             if roots.is_empty() {
                 return None;
             }
-            self.assemble(&mut links, &roots, true)
+            self.assemble(&mut links, trace_id.to_owned(), &roots, true)
         };
         self.spans_dropped += view.summary.spans_dropped as u64;
         Some(view)
@@ -255,18 +255,20 @@ impl TraceStore {
         self.spans_dropped
     }
 
-    /// The spans under `roots`, parents before children, each with what it was made from,
+    /// The spans under `roots`, in the trace `trace_id` (the id they were found by: a
+    /// traceparent id that looks made up gathers two traces under it, and both are named
+    /// by it), parents before children, each with what it was made from,
     /// at most `max_spans` of them (the rest counted); without `attributes` the spans'
     /// attribute maps stay empty (the OTLP export builds its own from the records, and the
     /// maps are most of the cost of a walk).
     pub(super) fn assemble_spans(
         &self,
         links: &mut Links,
+        trace_id: String,
         roots: &[u64],
         attributes: bool,
         max_spans: usize,
     ) -> Assembled {
-        let trace_id = self.trace_id_of(roots[0]);
         let mut walk = Walk {
             trace_id: &trace_id,
             attributes,
@@ -287,8 +289,14 @@ impl TraceStore {
     }
 
     /// The trace under `roots` as the API shows it, at most [`MAX_TRACE_SPANS`] spans.
-    fn assemble(&self, links: &mut Links, roots: &[u64], attributes: bool) -> TraceView {
-        let assembled = self.assemble_spans(links, roots, attributes, MAX_TRACE_SPANS);
+    fn assemble(
+        &self,
+        links: &mut Links,
+        trace_id: String,
+        roots: &[u64],
+        attributes: bool,
+    ) -> TraceView {
+        let assembled = self.assemble_spans(links, trace_id, roots, attributes, MAX_TRACE_SPANS);
         let spans: Vec<SpanView> = assembled.spans.into_iter().map(|(span, _)| span).collect();
         let start_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or_default();
         let end_ns = spans
@@ -430,17 +438,13 @@ impl TraceStore {
             if !seen_ids.insert(trace_id.clone()) {
                 continue;
             }
-            let mut roots = if request.trace_id.is_some() || self.requests[&root].trace_id.is_some()
-            {
-                self.roots_of(&mut links, &trace_id)
-            } else {
-                vec![root]
-            };
+            // As `GET /api/v1/traces/{id}` finds it.
+            let mut roots = self.roots_of(&mut links, &trace_id);
             // Its own root always in it (whatever ids the records carry).
             if !roots.contains(&root) {
                 roots.push(root);
             }
-            found.push(self.assemble(&mut links, &roots, false).summary);
+            found.push(self.assemble(&mut links, trace_id, &roots, false).summary);
         }
         found
     }
