@@ -27,17 +27,17 @@ const TARGETS: &[Target] = &[
     Target {
         dir: "l7",
         name: "connection",
-        seeds: None,
+        seeds: Some("tests/corpus"),
     },
     Target {
         dir: "l7",
         name: "http1",
-        seeds: None,
+        seeds: Some("tests/corpus"),
     },
     Target {
         dir: "l7",
         name: "http2",
-        seeds: None,
+        seeds: Some("tests/corpus"),
     },
     Target {
         dir: "graph-server",
