@@ -5,7 +5,8 @@
 //!
 //! A crash, a panic or an input slower than [`INPUT_TIMEOUT_SECONDS`] stops that target
 //! and leaves the input in `<fuzz dir>/artifacts/<target>/`; the others still run, and the
-//! task fails at the end naming the targets that found something.
+//! task fails at the end naming the targets that found something. Once fixed, such an
+//! input goes to `<fuzz dir>/regressions/<target>/` (kept in git), which every run reads.
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::path::Path;
@@ -154,6 +155,11 @@ fn fuzz(target: &Target, minutes: u64) -> anyhow::Result<bool> {
         .arg(&corpus);
     if let Some(seeds) = target.seeds {
         command.arg(crate_dir.join(seeds));
+    }
+    // Inputs that once failed, kept in git: every run tries them first.
+    let regressions = fuzz_dir.join("regressions").join(target.name);
+    if regressions.is_dir() {
+        command.arg(regressions);
     }
     command.arg("--").args([
         format!("-max_total_time={}", minutes * 60),
