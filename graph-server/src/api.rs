@@ -2,6 +2,7 @@
 //! Every endpoint but /healthz and /readyz needs the bearer token when one is set.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
@@ -173,13 +174,24 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 type Q = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-/// `[from, to)` covering whole buckets back from `now`, and `now` as the end.
-fn window(store: &Store, now: u64, window_ns: u64) -> (u64, u64) {
+/// `[from, to)` covering whole buckets back from `now`, and `now` as the end. A window
+/// shorter than one bucket holds no whole bucket: 400, naming the bucket width.
+fn window(store: &Store, now: u64, window_ns: u64) -> Result<(u64, u64), AppError> {
     let width = store.topology.bucket_width_ns();
+    if window_ns < width {
+        return Err(AppError::bad(
+            "window",
+            format!(
+                "{} is shorter than one bucket ({}), the finest resolution kept",
+                humantime::format_duration(Duration::from_nanos(window_ns)),
+                humantime::format_duration(Duration::from_nanos(width)),
+            ),
+        ));
+    }
     let from = store
         .topology
         .bucket_start(now.saturating_sub(window_ns).saturating_add(width - 1));
-    (from, now)
+    Ok((from, now))
 }
 
 /// `level`: workload (default), service or namespace.
@@ -203,7 +215,7 @@ async fn graph(State(state): State<Arc<AppState>>, query: Q) -> Result<Response,
     p.finish()?;
     let now = state.now_ns();
     let store = state.store();
-    let (from, to) = window(&store, now, window_ns);
+    let (from, to) = window(&store, now, window_ns)?;
     let view = store
         .topology
         .graph_view(level, namespace.as_deref(), from, to, &store.thresholds);
@@ -245,7 +257,7 @@ async fn node(
     p.finish()?;
     let now = state.now_ns();
     let store = state.store();
-    let (from, to) = window(&store, now, window_ns);
+    let (from, to) = window(&store, now, window_ns)?;
     let detail = store
         .topology
         .node_detail(&key, from, to, &store.thresholds)
@@ -268,7 +280,7 @@ async fn edge(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<EdgeD
     p.finish()?;
     let now = state.now_ns();
     let store = state.store();
-    let (from, to) = window(&store, now, window_ns);
+    let (from, to) = window(&store, now, window_ns)?;
     let detail = store
         .topology
         .edge_detail(level, &source, &target, from, to, &store.thresholds)
@@ -283,8 +295,7 @@ async fn edge(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<EdgeD
 async fn outages(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Value>, AppError> {
     let now = state.now_ns();
     let mut p = Params::new(query)?;
-    let since = p.time("since", now, 0)?;
-    let until = p.time("until", now, u64::MAX)?;
+    let (since, until) = p.time_range(now)?;
     p.finish()?;
     let store = state.store();
     let list = store.outages.list(since, until);
@@ -294,14 +305,15 @@ async fn outages(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Va
 async fn traces(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Value>, AppError> {
     let now = state.now_ns();
     let mut p = Params::new(query)?;
+    let (since_ns, until_ns) = p.time_range(now)?;
     let mut q = TraceQuery {
         service: p.take("service"),
         operation: p.take("operation"),
         min_duration_us: p.optional_duration("min_duration")?.map(|ns| ns / 1000),
         max_duration_us: p.optional_duration("max_duration")?.map(|ns| ns / 1000),
         error: p.bool("error")?,
-        since_ns: p.time("since", now, 0)?,
-        until_ns: p.time("until", now, u64::MAX)?,
+        since_ns,
+        until_ns,
         attributes: Vec::new(),
         limit: p.limit("limit", 20, 1000)?,
     };
@@ -337,6 +349,7 @@ async fn trace(
 async fn flows(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Value>, AppError> {
     let now = state.now_ns();
     let mut p = Params::new(query)?;
+    let (since_ns, until_ns) = p.time_range(now)?;
     let kind = p.one_of("kind", &["connection", "mesh_flow", "request"])?;
     let outcome = p.one_of(
         "outcome",
@@ -357,8 +370,8 @@ async fn flows(State(state): State<Arc<AppState>>, query: Q) -> Result<Json<Valu
         node: p.take("node"),
         outcome,
         error: p.bool("error")?,
-        since_ns: p.time("since", now, 0)?,
-        until_ns: p.time("until", now, u64::MAX)?,
+        since_ns,
+        until_ns,
         limit: p.limit("limit", 100, 10_000)?,
     };
     p.finish()?;

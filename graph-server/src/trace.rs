@@ -29,10 +29,11 @@ use std::sync::Arc;
 use crate::record::{MeshFlow, MeshPath, Request, Role};
 
 pub mod export;
+mod links;
 pub mod view;
 
 pub use export::{ExportSpan, SpanRecord};
-pub use view::{SpanKind, SpanView, TraceQuery, TraceSummary, TraceView};
+pub use view::{MAX_TRACE_SPANS, SpanKind, SpanView, TraceQuery, TraceSummary, TraceView};
 
 /// How far apart the clocks of two nodes may be when matching the two sides of a call.
 const SKEW_NS: u64 = 50_000_000;
@@ -118,9 +119,10 @@ pub struct TraceStore {
     next_key: u64,
     requests: HashMap<u64, Arc<Request>>,
     by_start: BTreeSet<(u64, u64)>,
-    /// hash(trace_id, span_id) of requests carrying traceparent.
-    by_header: TimeIndex,
-    /// hash(trace_id).
+    /// hash(trace_id, span_id) → client / server spans carrying that traceparent.
+    clients_by_header: TimeIndex,
+    servers_by_header: TimeIndex,
+    /// hash(trace_id) of requests carrying one.
     by_trace: TimeIndex,
     /// hash(source ip, destination, method, path) → client / server spans.
     clients_by_call: TimeIndex,
@@ -139,6 +141,9 @@ pub struct TraceStore {
     flows_by_path: TimeIndex,
     /// Spans not yet exported over OTLP; `None` unless export is on.
     export: Option<export::PendingExport>,
+    /// Spans left out of trace views because their trace had more than
+    /// [`MAX_TRACE_SPANS`].
+    spans_dropped: u64,
     bytes: usize,
     hasher: std::hash::RandomState,
 }
@@ -210,11 +215,21 @@ impl TraceStore {
             Indexing::Remove => index.remove(hash, entry),
         };
         let mut entries = 1;
-        if let (Some(t), Some(s)) = (&request.trace_id, &request.span_id) {
-            let (header, trace) = (self.hash((t, s)), self.hash(t));
-            apply(&mut self.by_header, header);
+        if let Some(t) = &request.trace_id {
+            // By trace id even without a span id: `GET /api/v1/traces/{id}` must find
+            // every span the search shows under that id.
+            let trace = self.hash(t);
             apply(&mut self.by_trace, trace);
-            entries += 2;
+            entries += 1;
+            if let Some(s) = &request.span_id {
+                let header = self.hash((t, s));
+                let by_header = match request.side {
+                    Role::Client => &mut self.clients_by_header,
+                    Role::Server => &mut self.servers_by_header,
+                };
+                apply(by_header, header);
+                entries += 1;
+            }
         }
         let call = self.call_key(request);
         let process = self.process_key(request);
@@ -323,17 +338,18 @@ impl TraceStore {
     /// The client span of the same call.
     fn server_parent(&self, server: &Request) -> Option<u64> {
         if let (Some(t), Some(s)) = (&server.trace_id, &server.span_id) {
-            let found = self
-                .by_header
-                .range(self.hash((t, s)), 0, u64::MAX)
-                .filter(|&(_, k)| {
+            // The client with the same traceparent nearest in time: a caller that reuses
+            // one traceparent for thousands of calls costs a lookup, not a scan of them.
+            let found = self.clients_by_header.nearest(
+                self.hash((t, s)),
+                0..u64::MAX,
+                server.start_ns,
+                |k| {
                     self.requests.get(&k).is_some_and(|c| {
-                        c.side == Role::Client
-                            && c.trace_id == server.trace_id
-                            && c.span_id == server.span_id
+                        c.trace_id == server.trace_id && c.span_id == server.span_id
                     })
-                })
-                .min_by_key(|&(start, _)| start.abs_diff(server.start_ns));
+                },
+            );
             if let Some((_, k)) = found {
                 return Some(k);
             }
@@ -342,7 +358,7 @@ impl TraceStore {
         self.clients_by_call
             .nearest(
                 self.call_key(server),
-                from..server.start_ns + SKEW_NS,
+                from..server.start_ns.saturating_add(SKEW_NS),
                 server.start_ns,
                 |k| {
                     self.requests
@@ -376,72 +392,18 @@ impl TraceStore {
             .map(|(_, k)| k)
     }
 
-    /// Spans whose parent is `key`.
-    pub fn children(&self, key: u64) -> Vec<u64> {
-        let Some(span) = self.requests.get(&key) else {
-            return Vec::new();
-        };
-        let mut candidates: Vec<u64> = match span.side {
-            Role::Client => {
-                let mut c: Vec<u64> = self
-                    .servers_by_call
-                    .range(
-                        self.call_key(span),
-                        span.start_ns.saturating_sub(SKEW_NS),
-                        span.end_ns + SKEW_NS,
-                    )
-                    .map(|e| e.1)
-                    // Only the same call can hang here without the header (found below),
-                    // and this is cheaper than asking each of a busy call's servers.
-                    .filter(|k| {
-                        self.requests
-                            .get(k)
-                            .is_some_and(|server| is_same_call(span, server))
-                    })
-                    .collect();
-                if let (Some(t), Some(s)) = (&span.trace_id, &span.span_id) {
-                    c.extend(
-                        self.by_header
-                            .range(self.hash((t, s)), 0, u64::MAX)
-                            .map(|e| e.1),
-                    );
-                }
-                c
-            }
-            Role::Server => self
-                .clients_by_process
-                .range(self.process_key(span), span.start_ns, span.end_ns + 1)
-                .map(|e| e.1)
-                .collect(),
-        };
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates.retain(|&c| c != key && self.parent(c) == Some(key));
-        candidates
-    }
-
-    /// Follows parents up to the root (bounded, in case records form a cycle).
-    pub fn root(&self, mut key: u64) -> u64 {
-        for _ in 0..64 {
-            match self.parent(key) {
-                Some(parent) => key = parent,
-                None => break,
-            }
-        }
-        key
-    }
-
     /// The HBONE flow that carried a client span's call.
     pub fn tunnel(&self, client: &Request) -> Option<&Arc<MeshFlow>> {
         let path = self.hash((&client.source.ip, &client.remote));
         self.flows_by_path
-            .range(path, 0, client.start_ns + SKEW_NS)
+            .range(path, 0, client.start_ns.saturating_add(SKEW_NS))
             .rev()
             .filter_map(|(_, k)| self.flows.get(&k))
             .find(|f| {
                 f.source.ip == client.source.ip
                     && f.original_destination == client.remote
-                    && f.end_ns.is_none_or(|end| end + SKEW_NS >= client.start_ns)
+                    && f.end_ns
+                        .is_none_or(|end| end.saturating_add(SKEW_NS) >= client.start_ns)
             })
     }
 
@@ -488,8 +450,8 @@ fn is_same_call(client: &Request, server: &Request) -> bool {
         && same_destination
         && client.method == server.method
         && client.path == server.path
-        && client.start_ns <= server.start_ns + SKEW_NS
-        && server.end_ns <= client.end_ns + SKEW_NS
+        && client.start_ns <= server.start_ns.saturating_add(SKEW_NS)
+        && server.end_ns <= client.end_ns.saturating_add(SKEW_NS)
         && compatible_traces(client, server)
 }
 

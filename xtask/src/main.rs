@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's own commands. `setup` installs what building and testing
-//! need (idempotently); `test`, `demo` and `bench` run it first.
+//! need (idempotently); `test`, `demo` and `bench` run it first. `fuzz` runs the libFuzzer
+//! targets (it needs only nightly and cargo-fuzz, which it installs).
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::process::Command;
@@ -34,6 +36,9 @@ enum Task {
         #[command(subcommand)]
         bench: bench::Bench,
     },
+    /// Run every libFuzzer target (L7 parsers, ingest batches) for some minutes each, from
+    /// a random seed, keeping the corpus; installs cargo-fuzz if missing.
+    Fuzz(fuzz::Fuzz),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             bench::run(bench)
         }
+        Task::Fuzz(args) => fuzz::run(args),
     }
 }
 

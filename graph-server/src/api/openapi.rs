@@ -17,7 +17,7 @@ fn window() -> Value {
     param(
         "window",
         "query",
-        "Duration back from now, whole buckets (default 1m for the graph, 15m for a node).",
+        "Duration back from now, whole buckets (default 1m for the graph, 15m for a node); at least one bucket width (--bucket-width, 10s), or 400.",
         "5m",
     )
 }
@@ -33,7 +33,7 @@ fn since_until() -> [Value; 2] {
         param(
             "until",
             "query",
-            "Same forms as since. Default: now.",
+            "Same forms as since; not before since (400). Default: now.",
             "2026-01-01T12:10:00Z",
         ),
     ]
@@ -161,7 +161,8 @@ pub fn document() -> Value {
                 "TraceSummary": object(json!({
                     "trace_id": { "type": "string" }, "root_service": { "type": "string" }, "root_operation": { "type": "string" },
                     "start_ns": { "type": "integer" }, "duration_us": { "type": "integer" }, "span_count": { "type": "integer" },
-                    "error_count": { "type": "integer" }, "services": { "type": "array", "items": { "type": "string" } }
+                    "error_count": { "type": "integer" }, "services": { "type": "array", "items": { "type": "string" } },
+                    "spans_dropped": { "type": "integer", "description": "Spans of the trace left out: a view holds at most 10000 (span_count, error_count and services cover those)." }
                 })),
                 "Traces": object(json!({ "traces": { "type": "array", "items": { "$ref": "#/components/schemas/TraceSummary" } } })),
                 "Trace": { "allOf": [{ "$ref": "#/components/schemas/TraceSummary" }, object(json!({
@@ -205,7 +206,7 @@ pub fn document() -> Value {
                 param("tag", "query", "attribute=value, repeatable (http.status_code=503).", "http.status_code=503"),
                 param("limit", "query", "1–1000, default 20.", "20"),
             ], "Traces"),
-            "/api/v1/traces/{trace_id}": get("One trace with all its spans", vec![
+            "/api/v1/traces/{trace_id}": get("One trace with its spans (at most 10000)", vec![
                 param("trace_id", "path", "32 hex digits.", "4bf92f3577b34da6a3ce929d0e0e4736"),
             ], "Trace"),
             "/api/v1/flows": get("Recent records, newest first", vec![

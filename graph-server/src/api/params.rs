@@ -92,6 +92,22 @@ impl Params {
             })
     }
 
+    /// `since` (default: the beginning) and `until` (default: the end), as [`Self::time`]
+    /// reads them; `until` before `since` is refused rather than answered with nothing.
+    pub fn time_range(&mut self, now_ns: u64) -> Result<(u64, u64), AppError> {
+        let since = self.time("since", now_ns, 0)?;
+        let until = self.time("until", now_ns, u64::MAX)?;
+        if until < since {
+            let rfc3339 =
+                |ns: u64| humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(ns));
+            return Err(AppError::bad(
+                "until",
+                format!("{} is before since ({})", rfc3339(until), rfc3339(since)),
+            ));
+        }
+        Ok((since, until))
+    }
+
     pub fn bool(&mut self, name: &'static str) -> Result<Option<bool>, AppError> {
         match self.take(name).as_deref() {
             None => Ok(None),

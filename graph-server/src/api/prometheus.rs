@@ -83,6 +83,7 @@ pub struct MetricsSnapshot {
     memory_limit: usize,
     outages_open: usize,
     trace_spans: usize,
+    trace_spans_dropped: u64,
     evicted_before_export: u64,
     held_for_export: usize,
 }
@@ -151,6 +152,7 @@ impl MetricsSnapshot {
             memory_limit: store.limits().max_memory_bytes,
             outages_open: store.outages.open_count(),
             trace_spans: store.traces.span_count(),
+            trace_spans_dropped: store.traces.spans_dropped(),
             evicted_before_export: store.traces.evicted_before_export(),
             held_for_export: store.traces.pending_export(),
         }
@@ -477,6 +479,17 @@ impl MetricsSnapshot {
             "Spans kept for traces.",
         );
         let _ = writeln!(out, "nephilia_trace_spans {}", self.trace_spans);
+        header(
+            out,
+            "nephilia_trace_spans_dropped_total",
+            "counter",
+            "Spans left out of trace views (GET /api/v1/traces/{id}) because their trace had more than 10000 spans; each answer counts its own.",
+        );
+        let _ = writeln!(
+            out,
+            "nephilia_trace_spans_dropped_total {}",
+            self.trace_spans_dropped
+        );
     }
 }
 

@@ -10,9 +10,16 @@ use crate::fixture::{MS, SECOND, T0, flow, request, server_side};
 use crate::record::{Outcome, Record};
 use crate::store::Limits;
 
+mod hostile;
+
 /// The shop at T0..T0+10 s: frontend → checkout (10 requests, one 503), checkout →
 /// payments (4 refused flows out of 5); the clock stands at T0 + 10 s.
 fn state(token: Option<&str>) -> Arc<AppState> {
+    state_at(token, T0 + 10 * SECOND)
+}
+
+/// [`state`] with the clock at `now_ns`.
+fn state_at(token: Option<&str>, now_ns: u64) -> Arc<AppState> {
     let limits = Limits {
         retention_ns: 3600 * SECOND,
         max_memory_bytes: 64 << 20,
@@ -44,7 +51,7 @@ fn state(token: Option<&str>) -> Arc<AppState> {
     Arc::new(AppState::new(
         store,
         token.map(str::to_owned),
-        Clock::Fixed(T0 + 10 * SECOND),
+        Clock::Fixed(now_ns),
     ))
 }
 

@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::TraceStore;
+use super::links::Links;
 use super::view::{Origin, SpanView};
 use crate::record::{MeshFlow, Request};
 
@@ -111,22 +112,28 @@ impl TraceStore {
             .collect();
         let mut judged_roots = HashSet::new();
         let mut out = Vec::new();
+        let mut left_total = 0;
+        let mut links = Links::new(self);
         for key in settled {
             if !pending.arrived.contains_key(&key) {
                 continue; // left with an earlier trace this round
             }
-            let root = self.root(key);
+            let root = links.root(key);
             if judged_roots.contains(&root) {
                 continue;
             }
             // The trace as `GET /api/v1/traces/{id}` assembles it; its own root always in
-            // it (a root with a trace id but no span id is not indexed by trace id).
-            let mut roots = self.roots_of(&self.trace_id_of(root));
+            // it (whatever ids the records carry).
+            let trace_id = self.trace_id_of(root);
+            let mut roots = self.roots_of(&mut links, &trace_id);
             if !roots.contains(&root) {
                 roots.push(root);
             }
             judged_roots.extend(roots.iter().copied());
-            let (_, spans) = self.assemble_spans(&roots, false);
+            // Every span leaves: no limit on the spans of one trace here.
+            let spans = self
+                .assemble_spans(&mut links, trace_id, &roots, false, usize::MAX)
+                .spans;
             let held: Vec<(SpanView, Origin, u64)> = spans
                 .into_iter()
                 .filter_map(|(span, origin)| {
@@ -163,10 +170,11 @@ impl TraceStore {
             }
             for k in left {
                 if pending.remove(k) {
-                    self.bytes -= PENDING_ENTRY_BYTES;
+                    left_total += 1;
                 }
             }
         }
+        self.bytes -= left_total * PENDING_ENTRY_BYTES;
         self.export = Some(pending);
         out
     }

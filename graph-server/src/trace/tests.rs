@@ -169,7 +169,8 @@ fn eviction_forgets_old_spans_and_their_bytes() {
 /// Entries left in the span indexes and the flow indexes.
 fn index_entries(store: &TraceStore) -> (usize, usize) {
     let spans = [
-        &store.by_header,
+        &store.clients_by_header,
+        &store.servers_by_header,
         &store.by_trace,
         &store.clients_by_call,
         &store.servers_by_call,

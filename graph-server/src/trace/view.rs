@@ -4,10 +4,16 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use super::TraceStore;
+use super::links::Links;
 use crate::record::{MeshFlow, Request, Role};
 
 /// "nephilia" in ASCII: the first half of trace ids the server made up.
 const SYNTHETIC_TRACE: u64 = 0x6e65_7068_696c_6961;
+
+/// Most spans a trace view holds (tunnel spans included); the rest of a larger trace is
+/// counted in [`TraceSummary::spans_dropped`] and `nephilia_trace_spans_dropped_total`.
+/// Ten thousand spans make a JSON answer of about 10 MB.
+pub const MAX_TRACE_SPANS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,9 +48,14 @@ pub struct TraceSummary {
     pub root_operation: String,
     pub start_ns: u64,
     pub duration_us: u64,
+    /// Spans in the view; `span_count`, `error_count`, `services` and the times cover
+    /// these.
     pub span_count: usize,
     pub error_count: usize,
     pub services: Vec<String>,
+    /// Spans of the trace left out because it has more than [`MAX_TRACE_SPANS`]: the
+    /// view keeps the first ones in walk order (parents before children).
+    pub spans_dropped: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,8 +104,25 @@ struct Walk<'a> {
     trace_id: &'a str,
     /// Fill [`SpanView::attributes`].
     attributes: bool,
+    /// Most spans collected; the walk goes on past it only to count the rest.
+    max_spans: usize,
     spans: Vec<(SpanView, Origin)>,
+    dropped: usize,
     seen: HashSet<u64>,
+}
+
+impl Walk<'_> {
+    fn full(&self) -> bool {
+        self.spans.len() >= self.max_spans
+    }
+}
+
+/// The spans of one assembled trace, each with what it was made from.
+pub(super) struct Assembled {
+    pub trace_id: String,
+    pub spans: Vec<(SpanView, Origin)>,
+    /// Spans left out past the walk's limit.
+    pub dropped: usize,
 }
 
 fn span_id(key: u64) -> String {
@@ -183,66 +211,100 @@ impl TraceStore {
         }
     }
 
-    /// Roots of the trace `trace_id`.
-    pub(super) fn roots_of(&self, trace_id: &str) -> Vec<u64> {
+    /// Roots of the trace `trace_id`: the root of every span carrying it in its
+    /// traceparent, and for an id the server made up, the span it names. (A traceparent
+    /// may carry an id that looks made up: both count.)
+    pub(super) fn roots_of(&self, links: &mut Links, trace_id: &str) -> Vec<u64> {
+        let mut roots: Vec<u64> = self
+            .with_trace_id(trace_id)
+            .into_iter()
+            .map(|k| links.root(k))
+            .collect();
         let synthetic = u64::from_str_radix(trace_id.get(..16).unwrap_or(""), 16).ok();
-        let mut roots: Vec<u64> = if trace_id.len() == 32 && synthetic == Some(SYNTHETIC_TRACE) {
-            u64::from_str_radix(&trace_id[16..], 16)
+        if trace_id.len() == 32
+            && synthetic == Some(SYNTHETIC_TRACE)
+            && let Some(key) = u64::from_str_radix(&trace_id[16..], 16)
                 .ok()
                 .filter(|k| self.requests.contains_key(k))
-                .map(|k| vec![self.root(k)])
-                .unwrap_or_default()
-        } else {
-            self.with_trace_id(trace_id)
-                .into_iter()
-                .map(|k| self.root(k))
-                .collect()
-        };
+        {
+            roots.push(links.root(key));
+        }
         roots.sort_unstable();
         roots.dedup();
         roots
     }
 
-    /// `GET /api/v1/traces/{trace_id}`.
-    pub fn trace(&self, trace_id: &str) -> Option<TraceView> {
-        let roots = self.roots_of(trace_id);
-        if roots.is_empty() {
-            return None;
-        }
-        Some(self.assemble(&roots))
+    /// `GET /api/v1/traces/{trace_id}`: at most [`MAX_TRACE_SPANS`] spans; the spans left
+    /// out are counted in the view and in [`Self::spans_dropped`].
+    pub fn trace(&mut self, trace_id: &str) -> Option<TraceView> {
+        let view = {
+            let mut links = Links::new(self);
+            let roots = self.roots_of(&mut links, trace_id);
+            if roots.is_empty() {
+                return None;
+            }
+            self.assemble(&mut links, trace_id.to_owned(), &roots, true)
+        };
+        self.spans_dropped += view.summary.spans_dropped as u64;
+        Some(view)
     }
 
-    /// The spans under `roots`, parents before children, each with what it was made from;
-    /// without `attributes` the spans' attribute maps stay empty (the OTLP export builds
-    /// its own from the records, and the maps are most of the cost of a walk).
+    /// Spans left out of trace views (API answers) so far, because their trace had more
+    /// than [`MAX_TRACE_SPANS`]; each answer counts its own.
+    pub fn spans_dropped(&self) -> u64 {
+        self.spans_dropped
+    }
+
+    /// The spans under `roots`, in the trace `trace_id` (the id they were found by: a
+    /// traceparent id that looks made up gathers two traces under it, and both are named
+    /// by it), parents before children, each with what it was made from,
+    /// at most `max_spans` of them (the rest counted); without `attributes` the spans'
+    /// attribute maps stay empty (the OTLP export builds its own from the records, and the
+    /// maps are most of the cost of a walk).
     pub(super) fn assemble_spans(
         &self,
+        links: &mut Links,
+        trace_id: String,
         roots: &[u64],
         attributes: bool,
-    ) -> (String, Vec<(SpanView, Origin)>) {
-        let trace_id = self.trace_id_of(roots[0]);
+        max_spans: usize,
+    ) -> Assembled {
         let mut walk = Walk {
             trace_id: &trace_id,
             attributes,
+            max_spans,
             spans: Vec::new(),
+            dropped: 0,
             seen: HashSet::new(),
         };
         let mut roots: Vec<u64> = roots.to_vec();
         roots.sort_by_key(|k| (self.requests[k].start_ns, *k));
-        for root in roots {
-            self.walk(root, None, &mut walk);
+        self.walk(links, &roots, &mut walk);
+        let (spans, dropped) = (walk.spans, walk.dropped);
+        Assembled {
+            trace_id,
+            spans,
+            dropped,
         }
-        let spans = walk.spans;
-        (trace_id, spans)
     }
 
-    fn assemble(&self, roots: &[u64]) -> TraceView {
-        let (trace_id, spans) = self.assemble_spans(roots, true);
-        let spans: Vec<SpanView> = spans.into_iter().map(|(span, _)| span).collect();
+    /// The trace under `roots` as the API shows it, at most [`MAX_TRACE_SPANS`] spans.
+    fn assemble(
+        &self,
+        links: &mut Links,
+        trace_id: String,
+        roots: &[u64],
+        attributes: bool,
+    ) -> TraceView {
+        let assembled = self.assemble_spans(links, trace_id, roots, attributes, MAX_TRACE_SPANS);
+        let spans: Vec<SpanView> = assembled.spans.into_iter().map(|(span, _)| span).collect();
         let start_ns = spans.iter().map(|s| s.start_ns).min().unwrap_or_default();
         let end_ns = spans
             .iter()
-            .map(|s| s.start_ns + s.duration_us * 1000)
+            .map(|s| {
+                s.start_ns
+                    .saturating_add(s.duration_us.saturating_mul(1000))
+            })
             .max()
             .unwrap_or_default();
         let mut services: Vec<String> = spans
@@ -253,81 +315,110 @@ impl TraceStore {
         services.sort();
         services.dedup();
         let summary = TraceSummary {
-            trace_id,
+            trace_id: assembled.trace_id,
             root_service: spans.first().map(|s| s.service.clone()).unwrap_or_default(),
             root_operation: spans
                 .first()
                 .map(|s| s.operation.clone())
                 .unwrap_or_default(),
             start_ns,
-            duration_us: (end_ns - start_ns) / 1000,
+            duration_us: end_ns.saturating_sub(start_ns) / 1000,
             span_count: spans.len(),
             error_count: spans.iter().filter(|s| s.error).count(),
             services,
+            spans_dropped: assembled.dropped,
         };
         TraceView { summary, spans }
     }
 
-    /// Depth-first: the span, then (for client spans) the tunnel, then children.
-    fn walk(&self, key: u64, parent: Option<String>, walk: &mut Walk) {
-        if !walk.seen.insert(key) {
-            return;
-        }
-        let request = &self.requests[&key];
-        let id = match (request.side, &request.span_id) {
-            (Role::Client, Some(header)) => header.clone(),
-            _ => span_id(key),
-        };
-        let span = SpanView {
-            trace_id: walk.trace_id.to_owned(),
-            span_id: id.clone(),
-            parent_span_id: parent,
-            kind: match request.side {
-                Role::Client => SpanKind::Client,
-                Role::Server => SpanKind::Server,
-            },
-            service: service_of(request),
-            operation: request.operation(),
-            start_ns: request.start_ns,
-            duration_us: duration_us(request),
-            error: request.is_error(),
-            node: request.node.clone(),
-            attributes: if walk.attributes {
-                attributes(request)
-            } else {
-                BTreeMap::new()
-            },
-        };
-        walk.spans.push((span, Origin::Request(key)));
-        let mut parent_of_children = id;
-        if request.side == Role::Client
-            && let Some(flow) = self.tunnel(request)
-        {
-            let first = self.first_on_connection(key, request, flow);
-            let mut tunnel = tunnel_span(
-                walk.trace_id,
-                &parent_of_children,
-                key,
-                request,
-                flow,
-                first,
-            );
-            if !walk.attributes {
-                tunnel.attributes.clear();
+    /// Depth-first from each root in turn: a span, then (for client spans) its tunnel,
+    /// then its children by start time. Iterative, with the spans still to visit on a
+    /// stack, because a call chain may be as deep as the records make it.
+    fn walk(&self, links: &mut Links, roots: &[u64], walk: &mut Walk) {
+        // (span, its parent's span id), the next to visit on top.
+        let mut stack: Vec<(u64, Option<String>)> =
+            roots.iter().rev().map(|&root| (root, None)).collect();
+        while let Some((key, parent)) = stack.pop() {
+            if !walk.seen.insert(key) {
+                continue;
             }
-            parent_of_children = tunnel.span_id.clone();
-            walk.spans.push((tunnel, Origin::Tunnel(key)));
-        }
-        let mut children = self.children(key);
-        children.sort_by_key(|k| (self.requests[k].start_ns, *k));
-        for child in children {
-            self.walk(child, Some(parent_of_children.clone()), walk);
+            let request = &self.requests[&key];
+            let tunnel = match request.side {
+                Role::Client => self.tunnel(request),
+                Role::Server => None,
+            };
+            if walk.full() {
+                // Past the limit: only count, and go on to count the span's children.
+                walk.dropped += 1 + usize::from(tunnel.is_some());
+                stack.extend(links.children(key).into_iter().map(|child| (child, None)));
+                continue;
+            }
+            let id = match (request.side, &request.span_id) {
+                (Role::Client, Some(header)) => header.clone(),
+                _ => span_id(key),
+            };
+            let span = SpanView {
+                trace_id: walk.trace_id.to_owned(),
+                span_id: id.clone(),
+                parent_span_id: parent,
+                kind: match request.side {
+                    Role::Client => SpanKind::Client,
+                    Role::Server => SpanKind::Server,
+                },
+                service: service_of(request),
+                operation: request.operation(),
+                start_ns: request.start_ns,
+                duration_us: duration_us(request),
+                error: request.is_error(),
+                node: request.node.clone(),
+                attributes: if walk.attributes {
+                    attributes(request)
+                } else {
+                    BTreeMap::new()
+                },
+            };
+            walk.spans.push((span, Origin::Request(key)));
+            let mut parent_of_children = id;
+            if let Some(flow) = tunnel {
+                if walk.full() {
+                    walk.dropped += 1;
+                } else {
+                    let first = self.first_on_connection(key, request, flow);
+                    let mut tunnel = tunnel_span(
+                        walk.trace_id,
+                        &parent_of_children,
+                        key,
+                        request,
+                        flow,
+                        first,
+                    );
+                    if !walk.attributes {
+                        tunnel.attributes.clear();
+                    }
+                    parent_of_children = tunnel.span_id.clone();
+                    walk.spans.push((tunnel, Origin::Tunnel(key)));
+                }
+            }
+            let mut children = links.children(key);
+            // Pushed latest first, so the earliest is visited next.
+            children.sort_by_key(|k| std::cmp::Reverse((self.requests[k].start_ns, *k)));
+            stack.extend(
+                children
+                    .into_iter()
+                    .map(|child| (child, Some(parent_of_children.clone()))),
+            );
         }
     }
 
-    /// `GET /api/v1/traces`: summaries of the newest traces with a matching span.
+    /// `GET /api/v1/traces`: summaries of the newest traces with a matching span (each
+    /// trace assembled as `GET /api/v1/traces/{id}` would, [`MAX_TRACE_SPANS`] at most).
+    /// An empty answer when `since_ns` is after `until_ns`.
     pub fn search(&self, query: &TraceQuery) -> Vec<TraceSummary> {
         let mut found = Vec::new();
+        if query.since_ns > query.until_ns {
+            return found;
+        }
+        let mut links = Links::new(self);
         let mut seen_roots = HashSet::new();
         let mut seen_ids = HashSet::new();
         let range = (query.since_ns, 0)..(query.until_ns.saturating_add(1), 0);
@@ -339,7 +430,7 @@ impl TraceStore {
             if !span_matches(request, query) {
                 continue;
             }
-            let root = self.root(key);
+            let root = links.root(key);
             if !seen_roots.insert(root) {
                 continue;
             }
@@ -347,12 +438,13 @@ impl TraceStore {
             if !seen_ids.insert(trace_id.clone()) {
                 continue;
             }
-            let roots = if request.trace_id.is_some() || self.requests[&root].trace_id.is_some() {
-                self.roots_of(&trace_id)
-            } else {
-                vec![root]
-            };
-            found.push(self.assemble(&roots).summary);
+            // As `GET /api/v1/traces/{id}` finds it.
+            let mut roots = self.roots_of(&mut links, &trace_id);
+            // Its own root always in it (whatever ids the records carry).
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+            found.push(self.assemble(&mut links, trace_id, &roots, false).summary);
         }
         found
     }

@@ -38,12 +38,12 @@ fn run_script(data: &[u8]) {
                 // Retransmit from a little earlier.
                 let n = usize::from(rest.first().copied().unwrap_or(0)).min(rest.len().saturating_sub(1));
                 let back = u32::from(control >> 4);
-                parser.feed(direction, seq[d].wrapping_sub(back), ts, &rest[1.min(rest.len())..1 + n]);
+                parser.feed(direction, seq[d].wrapping_sub(back), ts, feed_bytes(rest, n));
                 rest = rest.get(1 + n..).unwrap_or_default();
             }
             _ => {
                 let n = usize::from(rest.first().copied().unwrap_or(0)).min(rest.len().saturating_sub(1));
-                let bytes = &rest[1.min(rest.len())..1 + n];
+                let bytes = feed_bytes(rest, n);
                 parser.feed(direction, seq[d], ts, bytes);
                 seq[d] = seq[d].wrapping_add(bytes.len() as u32);
                 rest = rest.get(1 + n..).unwrap_or_default();
@@ -54,4 +54,10 @@ fn run_script(data: &[u8]) {
     }
     let _ = parser.close();
     assert_eq!(parser.memory_bytes(), 0);
+}
+
+/// The `n` bytes after a step's length byte; none when the script ends at the control
+/// byte (`rest` empty: slicing `rest[0..1]` panicked in the script, not in the parser).
+fn feed_bytes(rest: &[u8], n: usize) -> &[u8] {
+    rest.get(1..1 + n).unwrap_or_default()
 }
