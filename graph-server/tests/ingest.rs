@@ -2,10 +2,8 @@
 //! end their stream with a status that says what was wrong, and the server keeps serving.
 use std::sync::Arc;
 
-use nephilia_graph_server::api::{AppState, Clock};
-use nephilia_graph_server::config::HealthThresholds;
+use nephilia_graph_server::api::AppState;
 use nephilia_graph_server::server::serve_grpc;
-use nephilia_graph_server::store::{Limits, Store};
 use nephilia_proto::v1::{
     AgentMessage, Heartbeat, MeshFlow, MeshPath, Outcome, Peer, Protocol, Record, Request, Role,
 };
@@ -14,52 +12,15 @@ use tonic::Code;
 
 mod support;
 
-use support::{Pki, tempdir};
+use support::{IngestServer, Pki, ingest_server_at, state_at, tempdir};
 
 const T0: u64 = 1_767_268_980_000_000_000;
 
-struct Server {
-    state: Arc<AppState>,
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
+/// 10 s after the records' `T0`.
+const NOW: u64 = T0 + 10_000_000_000;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// A server's state whose clock stands 10 s after the records' `T0`, so none of them lies
-/// outside the window the store accepts.
-fn state_at_t0() -> Arc<AppState> {
-    let limits = Limits {
-        retention_ns: 3_600_000_000_000,
-        max_memory_bytes: 64 << 20,
-    };
-    let store = Store::new(10_000_000_000, HealthThresholds::default(), limits, 1000);
-    Arc::new(AppState::new(
-        store,
-        None,
-        Clock::Fixed(T0 + 10_000_000_000),
-    ))
-}
-
-async fn server() -> Server {
-    let state = state_at_t0();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve_grpc(listener, state.clone(), None, async {
-        let _ = stopped.await;
-    }));
-    Server {
-        state,
-        url,
-        stop: Some(stop),
-    }
+async fn server() -> IngestServer {
+    ingest_server_at(NOW).await
 }
 
 fn peer(workload: &str, ip: &str) -> Option<Peer> {
@@ -315,7 +276,7 @@ async fn serve_tls(
         ])
     };
     let tls = nephilia_graph_server::server::ingest_tls(&args).unwrap();
-    let state = state_at_t0();
+    let state = state_at(NOW);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(serve_grpc(

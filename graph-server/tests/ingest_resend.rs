@@ -1,38 +1,15 @@
 //! A batch that reached the store on a stream that then broke (the agent never saw the
 //! summary, so it sends the batch again on its next stream) is acknowledged but counted
 //! once: the server remembers the last sequence per node and agent instance.
-use std::sync::Arc;
 use std::time::Duration;
 
-use nephilia_graph_server::api::{AppState, Clock};
-use nephilia_graph_server::config::HealthThresholds;
-use nephilia_graph_server::server::serve_grpc;
-use nephilia_graph_server::store::{Limits, Store};
 use nephilia_proto::IngestClient;
 use nephilia_proto::v1::{AgentMessage, Heartbeat, Peer, Protocol, Record, Request, Role};
 
+mod support;
+
 const T0: u64 = 1_767_268_980_000_000_000;
 const INSTANCE: u64 = 0x5eed_0001;
-
-async fn server() -> (Arc<AppState>, String, tokio::sync::oneshot::Sender<()>) {
-    let limits = Limits {
-        retention_ns: 3_600_000_000_000,
-        max_memory_bytes: 64 << 20,
-    };
-    let store = Store::new(10_000_000_000, HealthThresholds::default(), limits, 1000);
-    let state = Arc::new(AppState::new(
-        store,
-        None,
-        Clock::Fixed(T0 + 10_000_000_000),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(serve_grpc(listener, state.clone(), None, async {
-        let _ = stopped.await;
-    }));
-    (state, url, stop)
-}
 
 fn peer(workload: &str, ip: &str) -> Option<Peer> {
     Some(Peer {
@@ -77,7 +54,8 @@ fn heartbeat() -> AgentMessage {
 
 #[tokio::test]
 async fn a_batch_resent_after_its_stream_broke_is_acknowledged_and_counted_once() {
-    let (state, url, _stop) = server().await;
+    let server = support::ingest_server_at(T0 + 10_000_000_000).await;
+    let (state, url) = (&server.state, &server.url);
     let requests = || state.store().counters.requests;
 
     // Stream 1 delivers batches 1 and 2, then breaks before the agent closes its side: the

@@ -1,6 +1,6 @@
-//! What the tests that run a real `nephilia-server` share: the server process, a small
-//! HTTP client for its API, waiting, the browser driver (`ui/tests/browser.mjs`), test
-//! certificates and temporary directories.
+//! What the tests that run a real `nephilia-server` share: the server process, an
+//! in-process gRPC ingest server, a small HTTP client for its API, waiting, the browser
+//! driver (`ui/tests/browser.mjs`), test certificates and temporary directories.
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
 use std::io::{Read, Write};
@@ -253,5 +253,58 @@ impl std::ops::Deref for TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The graph server's gRPC ingest in this process on a loopback port, its clock standing
+/// at `now_ns` (so the records a test makes lie inside the window the store accepts).
+/// Stops when dropped.
+pub struct IngestServer {
+    pub state: std::sync::Arc<nephilia_graph_server::api::AppState>,
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for IngestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A server state with a one-hour retention, 10 s buckets and a fixed clock at `now_ns`.
+pub fn state_at(now_ns: u64) -> std::sync::Arc<nephilia_graph_server::api::AppState> {
+    use nephilia_graph_server::{api, config, store};
+    let limits = store::Limits {
+        retention_ns: 3_600_000_000_000,
+        max_memory_bytes: 64 << 20,
+    };
+    let store = store::Store::new(
+        10_000_000_000,
+        config::HealthThresholds::default(),
+        limits,
+        1000,
+    );
+    std::sync::Arc::new(api::AppState::new(store, None, api::Clock::Fixed(now_ns)))
+}
+
+pub async fn ingest_server_at(now_ns: u64) -> IngestServer {
+    let state = state_at(now_ns);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(nephilia_graph_server::server::serve_grpc(
+        listener,
+        state.clone(),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    IngestServer {
+        state,
+        url,
+        stop: Some(stop),
     }
 }
