@@ -25,24 +25,14 @@ fn main() -> anyhow::Result<()> {
 
     let npm = which_npm()?;
     if needs_install(&ui) && std::env::var_os("NEPHILIA_UI_SKIP_INSTALL").is_none() {
-        let install = |args: &[&str]| {
-            run(
-                Command::new(&npm)
-                    .args(args)
-                    .args(["--no-audit", "--no-fund", "--loglevel=error"])
-                    .current_dir(&ui),
-                &format!("npm {} in {}", args.join(" "), ui.display()),
-            )
-        };
-        if !ui.join("package-lock.json").exists() {
-            install(&["install"])?;
-        } else if let Err(ci) = install(&["ci"]) {
-            // Some npm versions write lockfiles without other platforms' optional packages
-            // (rollup's native builds) and then refuse them in `npm ci`; `npm install
-            // --no-save` installs the same pinned versions and leaves the lockfile alone.
-            println!("cargo:warning={ci:#}; retrying with npm install --no-save");
-            install(&["install", "--no-save"])?;
-        }
+        // The lockfile pins every package, other platforms' optional builds (rollup's,
+        // esbuild's) included, so `npm ci` installs exactly it.
+        run(
+            Command::new(&npm)
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&ui),
+            &format!("npm ci in {}", ui.display()),
+        )?;
     }
     run(
         Command::new(&npm)
