@@ -8,25 +8,16 @@ use std::time::{Duration, Instant};
 
 use nephilia_proto::IngestClient;
 use nephilia_proto::v1::{
-    AgentMessage, Heartbeat, MeshFlow, MeshPath, Outcome, Peer, Protocol, Record, Request, Role,
+    AgentMessage, Heartbeat, MeshFlow, MeshPath, Outcome, Protocol, Record, Request, Role,
 };
 use serde_json::Value;
 
 mod support;
 
-use support::{Api, ServerProcess, now_ns, wait_until};
+use support::{Api, ServerProcess, now_ns, peer, wait_until};
 
 const SECOND: u64 = 1_000_000_000;
 const MIB: u64 = 1 << 20;
-
-fn peer(workload: &str, ip: &str) -> Option<Peer> {
-    Some(Peer {
-        workload: workload.into(),
-        namespace: if workload.is_empty() { "" } else { "shop" }.into(),
-        ip: ip.into(),
-        ..Peer::default()
-    })
-}
 
 /// A closed client-side flow from `source` to `destination` (a workload, or an ip when
 /// `workload` is empty) ending at `end_ns`.

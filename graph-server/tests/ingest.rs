@@ -5,14 +5,14 @@ use std::sync::Arc;
 use nephilia_graph_server::api::AppState;
 use nephilia_graph_server::server::serve_grpc;
 use nephilia_proto::v1::{
-    AgentMessage, Heartbeat, MeshFlow, MeshPath, Outcome, Peer, Protocol, Record, Request, Role,
+    AgentMessage, Heartbeat, MeshFlow, MeshPath, Outcome, Protocol, Record, Request, Role,
 };
 use nephilia_proto::{IngestClient, MAX_BATCH_RECORDS};
 use tonic::Code;
 
 mod support;
 
-use support::{IngestServer, Pki, ingest_server_at, state_at, tempdir};
+use support::{IngestServer, Pki, ingest_server_at, peer, state_at, tempdir};
 
 const T0: u64 = 1_767_268_980_000_000_000;
 
@@ -21,15 +21,6 @@ const NOW: u64 = T0 + 10_000_000_000;
 
 async fn server() -> IngestServer {
     ingest_server_at(NOW).await
-}
-
-fn peer(workload: &str, ip: &str) -> Option<Peer> {
-    Some(Peer {
-        workload: workload.into(),
-        namespace: "shop".into(),
-        ip: ip.into(),
-        ..Peer::default()
-    })
 }
 
 fn good_request(i: u64) -> Record {

@@ -4,21 +4,14 @@
 use std::time::Duration;
 
 use nephilia_proto::IngestClient;
-use nephilia_proto::v1::{AgentMessage, Heartbeat, Peer, Protocol, Record, Request, Role};
+use nephilia_proto::v1::{AgentMessage, Heartbeat, Protocol, Record, Request, Role};
 
 mod support;
 
+use support::peer;
+
 const T0: u64 = 1_767_268_980_000_000_000;
 const INSTANCE: u64 = 0x5eed_0001;
-
-fn peer(workload: &str, ip: &str) -> Option<Peer> {
-    Some(Peer {
-        workload: workload.into(),
-        namespace: "shop".into(),
-        ip: ip.into(),
-        ..Peer::default()
-    })
-}
 
 fn request(i: u64) -> Record {
     Request {

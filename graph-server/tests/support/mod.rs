@@ -308,3 +308,13 @@ pub async fn ingest_server_at(now_ns: u64) -> IngestServer {
         stop: Some(stop),
     }
 }
+
+/// A peer in namespace `shop` (no namespace when `workload` is empty: a bare IP).
+pub fn peer(workload: &str, ip: &str) -> Option<nephilia_proto::v1::Peer> {
+    Some(nephilia_proto::v1::Peer {
+        workload: workload.into(),
+        namespace: if workload.is_empty() { "" } else { "shop" }.into(),
+        ip: ip.into(),
+        ..nephilia_proto::v1::Peer::default()
+    })
+}
